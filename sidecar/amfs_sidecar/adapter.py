@@ -1,0 +1,792 @@
+"""``S3Adapter``: AMFS memory entries as versioned JSON objects in any S3-compatible bucket.
+
+Every version is one conditional PUT (``If-None-Match: *``) of a complete
+``MemoryEntry`` snapshot; versions are never copied or deleted, so concurrent
+writers lose no update and a crash never leaves a key without a current version.
+The object layout is fixed in :mod:`amfs_sidecar.layout`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import boto3
+from amfs_core.abc import AdapterABC, WatchHandle
+from amfs_core.embedder import EmbedderABC
+from amfs_core.evidence import apply_record_to_entry, cited_entries
+from amfs_core.exceptions import VersionConflictError
+from amfs_core.models import (
+    MemoryEntry,
+    MemoryStats,
+    OutcomeRecord,
+    SearchQuery,
+    SemanticQuery,
+)
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import SecretStr, ValidationError
+
+from amfs_sidecar import config as config_module
+from amfs_sidecar.config import S3Settings
+from amfs_sidecar.exceptions import AdapterError, InvalidNameError, S3AccessError
+from amfs_sidecar.layout import Layout, is_within, validate_entity_path, validate_key
+from amfs_sidecar.poller import Change, JournalCursor, WatchLoop
+
+logger = logging.getLogger(__name__)
+
+RequestObserver = Callable[[str, str], None]
+
+# A lost race retries as the next version; this bounds a pathological storm.
+MAX_WRITE_ATTEMPTS = 64
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _default_writer_id() -> str:
+    host = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())[:40]
+    return f"{host or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class S3Adapter(AdapterABC):
+    """AMFS adapter over S3 with the layout of DESIGN.md.
+
+    ``AgentMemory(agent_id="a", adapter=S3Adapter(bucket="b", prefix="amfs/"))``
+    works unchanged. Reads are strongly consistent on S3; ``list()`` fetches
+    values concurrently on a bounded pool; ``search()`` and
+    ``semantic_search()`` are in-memory scans over ``list()``.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = config_module.DEFAULT_PREFIX,
+        namespace: str = config_module.DEFAULT_NAMESPACE,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        poll_interval: float = config_module.DEFAULT_POLL_INTERVAL,
+        resync_interval: float = config_module.DEFAULT_RESYNC_INTERVAL,
+        max_workers: int = 16,
+        request_observer: RequestObserver | None = None,
+        writer_id: str | None = None,
+        retry_mode: str = "standard",
+        max_attempts: int = 5,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        if not bucket:
+            raise config_module.ConfigError(
+                "bucket is required (options.bucket in YAML, AMFS_S3_BUCKET in env)"
+            )
+        try:
+            self.settings = S3Settings(
+                bucket=bucket,
+                prefix=prefix,
+                namespace=namespace,
+                endpoint_url=endpoint_url,
+                region_name=region_name or config_module.DEFAULT_REGION,
+                aws_access_key_id=SecretStr(aws_access_key_id) if aws_access_key_id else None,
+                aws_secret_access_key=(
+                    SecretStr(aws_secret_access_key) if aws_secret_access_key else None
+                ),
+                poll_interval=poll_interval,
+                resync_interval=resync_interval,
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise config_module.ConfigError(
+                f"invalid S3Adapter configuration: {problems}"
+            ) from None
+        self.layout = Layout(self.settings.prefix, self.settings.namespace)
+        self.writer_id = writer_id or _default_writer_id()
+        self._observer = request_observer
+        self._botocore_config = Config(
+            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            max_pool_connections=max(max_workers * 2, 10),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            user_agent_extra="amfs-k8s",
+        )
+        self._client_lock = threading.Lock()
+        self._client = self._make_client(
+            self.settings.aws_access_key_id, self.settings.aws_secret_access_key
+        )
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="amfs-s3")
+        self._seq = count()
+        self._seq_lock = threading.Lock()
+        self._conditional_writes: bool | None = None
+        self._probe_lock = threading.Lock()
+        self._watch = WatchLoop(self)
+
+    # ------------------------------------------------------------------
+    # construction from the three configuration forms
+    # ------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: S3Settings, **kwargs: Any) -> S3Adapter:
+        secret = settings.aws_secret_access_key
+        key_id = settings.aws_access_key_id
+        return cls(
+            settings.bucket,
+            prefix=settings.prefix,
+            namespace=settings.namespace,
+            endpoint_url=settings.endpoint_url,
+            region_name=settings.region_name,
+            aws_access_key_id=key_id.get_secret_value() if key_id else None,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            poll_interval=settings.poll_interval,
+            resync_interval=settings.resync_interval,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **kwargs: Any) -> S3Adapter:
+        """Settings from ``AMFS_S3_*`` variables; credentials by boto3's standard chain."""
+        return cls.from_settings(config_module.from_env(env), **kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **kwargs: Any) -> S3Adapter:
+        """Settings from an AMFS YAML file whose primary layer is ``s3``."""
+        return cls.from_settings(config_module.load_amfs_yaml(path), **kwargs)
+
+    # ------------------------------------------------------------------
+    # the S3 client
+    # ------------------------------------------------------------------
+
+    def _make_client(self, key_id: SecretStr | None, secret: SecretStr | None) -> Any:
+        session = boto3.session.Session()
+        client = session.client(
+            "s3",
+            endpoint_url=self.settings.endpoint_url,
+            region_name=self.settings.region_name,
+            aws_access_key_id=key_id.get_secret_value() if key_id else None,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            config=self._botocore_config,
+        )
+        if self._observer is not None:
+            client.meta.events.register("after-call.s3", self._observe_success)
+            client.meta.events.register("after-call-error.s3", self._observe_failure)
+        return client
+
+    def _observe_success(self, http_response: Any = None, parsed: Any = None, model: Any = None,
+                         **_: Any) -> None:
+        status = getattr(http_response, "status_code", 200) or 200
+        outcome = "success" if status < 400 else self._outcome_for_status(status)
+        if self._observer is not None and model is not None:
+            self._observer(model.name, outcome)
+
+    def _observe_failure(self, model: Any = None, **_: Any) -> None:
+        if self._observer is not None and model is not None:
+            self._observer(model.name, "error")
+
+    @staticmethod
+    def _outcome_for_status(status: int) -> str:
+        if status == 404:
+            return "not_found"
+        if status in (409, 412):
+            return "conflict"
+        return "error"
+
+    @property
+    def client(self) -> Any:
+        with self._client_lock:
+            return self._client
+
+    def update_credentials(self, access_key_id: str | None, secret_access_key: str | None) -> None:
+        """Swap in rotated credentials; requests already in flight finish on the old client."""
+        key_id = SecretStr(access_key_id) if access_key_id else None
+        secret = SecretStr(secret_access_key) if secret_access_key else None
+        new_client = self._make_client(key_id, secret)
+        with self._client_lock:
+            self._client = new_client
+            self.settings = self.settings.model_copy(
+                update={"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+            )
+        logger.info("S3 credentials reloaded for bucket=%s", self.settings.bucket)
+
+    def _call(self, operation: str, object_key: str, **params: Any) -> Any:
+        """One S3 call with boto3's retries; failures become S3AccessError."""
+        method = getattr(self.client, operation)
+        try:
+            return method(Bucket=self.settings.bucket, **params)
+        except ClientError as exc:
+            if _error_code(exc) == "NoSuchBucket":
+                raise S3AccessError(
+                    operation,
+                    object_key,
+                    f"bucket {self.settings.bucket!r} does not exist"
+                    + (f" at {self.settings.endpoint_url}" if self.settings.endpoint_url else ""),
+                ) from None
+            raise
+        except BotoCoreError as exc:
+            raise S3AccessError(operation, object_key, str(exc)) from exc
+
+    def _failure(self, operation: str, object_key: str, exc: ClientError) -> S3AccessError:
+        error = exc.response.get("Error", {})
+        detail = f"{error.get('Code', 'error')} (HTTP {_status(exc)}): {error.get('Message', '')}"
+        return S3AccessError(operation, object_key, detail.strip().rstrip(":"))
+
+    def _get_json(self, object_key: str) -> dict[str, Any] | None:
+        """GET an object as JSON; ``None`` only when S3 says it does not exist."""
+        try:
+            response = self._call("get_object", object_key, Key=object_key)
+            body = response["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND_CODES or _status(exc) == 404:
+                return None
+            raise self._failure("GetObject", object_key, exc) from None
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise AdapterError(f"object {object_key!r} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise AdapterError(f"object {object_key!r} is not a JSON object")
+        return data
+
+    def _list(self, prefix: str, *, delimiter: str | None = None,
+              start_after: str | None = None) -> Iterator[dict[str, Any]]:
+        """Yield every page of a ListObjectsV2 (boto3's paginator: ContinuationToken)."""
+        params: dict[str, Any] = {"Bucket": self.settings.bucket, "Prefix": prefix}
+        if delimiter:
+            params["Delimiter"] = delimiter
+        if start_after:
+            params["StartAfter"] = start_after
+        try:
+            yield from self.client.get_paginator("list_objects_v2").paginate(**params)
+        except ClientError as exc:
+            if _error_code(exc) == "NoSuchBucket":
+                raise S3AccessError(
+                    "ListObjectsV2", prefix, f"bucket {self.settings.bucket!r} does not exist"
+                ) from None
+            raise self._failure("ListObjectsV2", prefix, exc) from None
+        except BotoCoreError as exc:
+            raise S3AccessError("ListObjectsV2", prefix, str(exc)) from exc
+
+    # ------------------------------------------------------------------
+    # bucket checks and the conditional-write probe
+    # ------------------------------------------------------------------
+
+    def check_bucket(self) -> None:
+        """HeadBucket: raise S3AccessError saying why the bucket cannot be used."""
+        try:
+            self._call("head_bucket", self.settings.bucket)
+        except ClientError as exc:
+            status = _status(exc)
+            if status == 404:
+                reason = f"bucket {self.settings.bucket!r} does not exist"
+            elif status == 403:
+                reason = (
+                    f"access to bucket {self.settings.bucket!r} is denied for these credentials"
+                )
+            else:
+                reason = f"HTTP {status} {_error_code(exc)}"
+            raise S3AccessError("HeadBucket", self.settings.bucket, reason) from None
+
+    @property
+    def conditional_writes_supported(self) -> bool:
+        """Whether the provider honours ``If-None-Match: *``; probed once, on first use."""
+        if self._conditional_writes is None:
+            with self._probe_lock:
+                if self._conditional_writes is None:
+                    self._conditional_writes = self.probe_conditional_writes()
+        return self._conditional_writes
+
+    def probe_conditional_writes(self) -> bool:
+        """PUT one probe object twice with ``If-None-Match: *``; the second must fail."""
+        probe_key = f"{self.layout.probe_root}{self.writer_id}-{uuid.uuid4().hex[:8]}.json"
+        body = b'{"probe": "conditional-write"}'
+        try:
+            self._call("put_object", probe_key, Key=probe_key, Body=body, IfNoneMatch="*")
+            try:
+                self._call("put_object", probe_key, Key=probe_key, Body=body, IfNoneMatch="*")
+                supported = False
+            except ClientError as exc:
+                if _error_code(exc) not in _CONFLICT_CODES and _status(exc) not in (409, 412):
+                    raise self._failure("PutObject", probe_key, exc) from None
+                supported = True
+        except ClientError as exc:
+            if _status(exc) == 501 or _error_code(exc) == "NotImplemented":
+                supported = False
+            else:
+                raise self._failure("PutObject", probe_key, exc) from None
+        finally:
+            try:
+                self._call("delete_object", probe_key, Key=probe_key)
+            except (ClientError, S3AccessError):
+                logger.warning("could not delete conditional-write probe object %s", probe_key)
+        if not supported:
+            logger.warning(
+                "S3 provider at %s ignores If-None-Match on PUT: concurrent writers to one key "
+                "can overwrite each other's versions. Use a provider with conditional writes "
+                "(AWS S3, R2, MinIO >= 2024-11, ...) for multi-writer safety.",
+                self.settings.endpoint_url or "AWS S3",
+            )
+        return supported
+
+    # ------------------------------------------------------------------
+    # versions of one key
+    # ------------------------------------------------------------------
+
+    def _versions_of(self, entity_path: str, key: str) -> list[int]:
+        """The version numbers stored for (entity_path, key): its *direct* objects only."""
+        key_dir = self.layout.key_dir(entity_path, key)
+        versions: list[int] = []
+        for page in self._list(key_dir, delimiter="/"):
+            for obj in page.get("Contents", []):
+                number = self.layout.parse_version_file(obj["Key"][len(key_dir) :])
+                if number is not None:
+                    versions.append(number)
+        return sorted(versions)
+
+    def current_version(self, entity_path: str, key: str) -> int:
+        """The highest stored version of the key, 0 when it has none. One LIST."""
+        versions = self._versions_of(entity_path, key)
+        return versions[-1] if versions else 0
+
+    def _load_entry(self, entity_path: str, key: str, version: int) -> MemoryEntry | None:
+        object_key = self.layout.version_key(entity_path, key, version)
+        data = self._get_json(object_key)
+        if data is None:
+            return None
+        try:
+            return MemoryEntry.model_validate(data)
+        except ValidationError as exc:
+            raise AdapterError(f"object {object_key!r} is not a valid MemoryEntry: {exc}") from None
+
+    # ------------------------------------------------------------------
+    # read
+    # ------------------------------------------------------------------
+
+    def read(
+        self,
+        entity_path: str,
+        key: str,
+        *,
+        min_confidence: float = 0.0,
+        branch: str = "main",
+    ) -> MemoryEntry | None:
+        """The current version, or None. A failed S3 call raises; it is never 'not found'."""
+        validate_entity_path(entity_path)
+        validate_key(key)
+        entry: MemoryEntry | None = None
+        # A version seen in the listing cannot vanish (versions are never deleted)
+        # unless the whole memory is being removed; one re-list covers that race.
+        for _ in range(2):
+            version = self.current_version(entity_path, key)
+            if version == 0:
+                return None
+            entry = self._load_entry(entity_path, key, version)
+            if entry is not None:
+                break
+        if entry is None or entry.confidence < min_confidence or entry.is_expired():
+            return None
+        return entry
+
+    def read_at_version(self, entity_path: str, key: str, version: int) -> MemoryEntry | None:
+        """Exactly *version* of the key (one GET), or None when it was never written."""
+        validate_entity_path(entity_path)
+        validate_key(key)
+        return self._load_entry(entity_path, key, version)
+
+    def history(self, entity_path: str, key: str) -> list[MemoryEntry]:
+        """Every stored version of the key, oldest first."""
+        versions = self._versions_of(entity_path, key)
+        loaded = self._pool.map(lambda v: self._load_entry(entity_path, key, v), versions)
+        return [e for e in loaded if e is not None]
+
+    # ------------------------------------------------------------------
+    # write
+    # ------------------------------------------------------------------
+
+    def write(self, entry: MemoryEntry) -> MemoryEntry:
+        """Store a new version of ``entry.entity_path/entry.key``.
+
+        ``entry.version > 1`` is the version the caller means to create: if it
+        is not the next one, VersionConflictError. ``version == 1`` means
+        last-writer-wins: a lost race retries as the next version.
+        """
+        written, _ = self.write_with_change(entry)
+        return written
+
+    def write_with_change(self, entry: MemoryEntry) -> tuple[MemoryEntry, Change]:
+        """``write`` that also returns the journal change it recorded."""
+        entity_path, key = entry.entity_path, entry.key
+        self.layout.check_names(entity_path, key, entry.version)
+        # Serialise once up front so a value that cannot be stored fails before any PUT.
+        self._serialise(entry)
+        expected = entry.version if entry.version > 1 else None
+
+        version = self.current_version(entity_path, key) + 1
+        if expected is not None and expected != version:
+            raise VersionConflictError(entity_path, key, expected, version - 1)
+
+        for losses in range(1, MAX_WRITE_ATTEMPTS + 1):
+            candidate = entry.model_copy(update={"version": version})
+            body = self._serialise(candidate)
+            object_key = self.layout.version_key(entity_path, key, version)
+            if self._put_new(object_key, body):
+                change = self._journal_write(candidate)
+                self._watch.note_local(change, candidate)
+                return candidate, change
+            if expected is not None:
+                raise VersionConflictError(entity_path, key, expected, version)
+            # Guessing the next number is usually right; after repeated losses
+            # the field has moved on, so ask S3 where it stands.
+            if losses % 3 == 0:
+                version = self.current_version(entity_path, key) + 1
+            else:
+                version += 1
+        raise AdapterError(
+            f"gave up writing {entity_path}/{key} after {MAX_WRITE_ATTEMPTS} lost races"
+        )
+
+    @staticmethod
+    def _serialise(entry: MemoryEntry) -> bytes:
+        # The value must be plain JSON as given: pydantic would quietly turn NaN
+        # into null or a datetime into a string, and the entry would not read
+        # back as written.
+        try:
+            json.dumps(entry.value, allow_nan=False)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise InvalidNameError(
+                "value", f"cannot be stored as JSON: {exc}",
+                "values must be JSON: objects, arrays, strings, finite numbers, booleans, null",
+            ) from None
+        try:
+            return json.dumps(
+                entry.model_dump(mode="json"), ensure_ascii=False, allow_nan=False
+            ).encode("utf-8")
+        except (ValueError, TypeError) as exc:
+            raise InvalidNameError(
+                "value", f"cannot be stored as JSON: {exc}", "values must be JSON-serialisable"
+            ) from None
+
+    def _put_new(self, object_key: str, body: bytes) -> bool:
+        """PUT *body* at *object_key* only if nothing is there. False: someone else won.
+
+        If our own earlier attempt landed but its response was lost, botocore's
+        retry sees 412; the stored bytes being ours makes that a success, so a
+        retried write is never applied twice as two versions.
+        """
+        if not self.conditional_writes_supported and self._exists(object_key):
+            # The provider would overwrite silently; a HEAD narrows the race to
+            # the gap between two requests, which is the best it allows.
+            return False
+        try:
+            self._call(
+                "put_object",
+                object_key,
+                Key=object_key,
+                Body=body,
+                IfNoneMatch="*",
+                ContentType="application/json",
+            )
+            return True
+        except ClientError as exc:
+            if _error_code(exc) in _CONFLICT_CODES or _status(exc) in (409, 412):
+                return self._stored_bytes(object_key) == body
+            raise self._failure("PutObject", object_key, exc) from None
+
+    def _exists(self, object_key: str) -> bool:
+        try:
+            self._call("head_object", object_key, Key=object_key)
+            return True
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return False
+            raise self._failure("HeadObject", object_key, exc) from None
+
+    def _stored_bytes(self, object_key: str) -> bytes | None:
+        try:
+            return bytes(self._call("get_object", object_key, Key=object_key)["Body"].read())
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise self._failure("GetObject", object_key, exc) from None
+
+    def _next_journal_key(self) -> tuple[str, int]:
+        with self._seq_lock:
+            seq = next(self._seq)
+        ms = _now_ms()
+        return self.layout.journal_key(ms, self.writer_id, seq), ms
+
+    def _journal(self, change_kwargs: dict[str, Any]) -> Change:
+        journal_key, ms = self._next_journal_key()
+        change = Change(journal_key=journal_key, written_at_ms=ms, writer=self.writer_id,
+                        **change_kwargs)
+        body = json.dumps(change.to_record()).encode("utf-8")
+        try:
+            self._call("put_object", journal_key, Key=journal_key, Body=body,
+                       ContentType="application/json")
+        except (ClientError, S3AccessError) as exc:
+            # The version is durable and current already; the next full resync
+            # of every poller finds it even without this record.
+            logger.warning("journal record %s not written (%s); pollers will see the "
+                           "change at their next full resync", journal_key, exc)
+        return change
+
+    def _journal_write(self, entry: MemoryEntry) -> Change:
+        return self._journal({"kind": "write", "entity_path": entry.entity_path,
+                              "key": entry.key, "version": entry.version})
+
+    # ------------------------------------------------------------------
+    # list, search, stats
+    # ------------------------------------------------------------------
+
+    def scan_versions(
+        self, entity_path: str | None = None, *, subtree: bool = True
+    ) -> dict[tuple[str, str], list[int]]:
+        """Every (entity_path, key) with its version numbers, from listings alone (no GETs).
+
+        Costs one LIST per 1,000 objects under the scanned prefix.
+        """
+        prefix = self.layout.entity_dir(entity_path) if entity_path else self.layout.entries_root
+        found: dict[tuple[str, str], list[int]] = {}
+        for page in self._list(prefix):
+            for obj in page.get("Contents", []):
+                parsed = self.layout.parse_entry_key(obj["Key"])
+                if parsed is None:
+                    continue
+                if entity_path and not subtree and parsed.entity_path != entity_path:
+                    continue
+                found.setdefault((parsed.entity_path, parsed.key), []).append(parsed.version)
+        for numbers in found.values():
+            numbers.sort()
+        return found
+
+    def list(
+        self,
+        entity_path: str | None = None,
+        *,
+        include_superseded: bool = False,
+        subtree: bool = False,
+        branch: str = "main",
+    ) -> list[MemoryEntry]:
+        """Current entries of *entity_path* (its own keys; descendants only with
+        ``subtree=True``), or of the whole namespace when it is None."""
+        if entity_path is not None:
+            validate_entity_path(entity_path)
+        versions = self.scan_versions(entity_path, subtree=subtree or entity_path is None)
+        wanted = [
+            (ep, key, number)
+            for (ep, key), numbers in sorted(versions.items())
+            for number in (numbers if include_superseded else numbers[-1:])
+        ]
+        loaded = self._pool.map(lambda item: self._load_entry(*item), wanted)
+        return [entry for entry in loaded if entry is not None]
+
+    def search(self, query: SearchQuery) -> list[MemoryEntry]:
+        """AMFS query semantics as an in-memory scan of ``list()`` (S3 has no query language)."""
+        return super().search(query)
+
+    def semantic_search(
+        self, query: SemanticQuery, embedder: EmbedderABC
+    ) -> list[tuple[MemoryEntry, float]]:
+        """Brute-force cosine similarity over entries that carry an embedding."""
+        return super().semantic_search(query, embedder)
+
+    def stats(self) -> MemoryStats:
+        return super().stats()
+
+    def object_counts(self) -> dict[str, int]:
+        """Counts by kind (entries, versions, outcomes) from listings only."""
+        versions = self.scan_versions()
+        return {
+            "entries": len(versions),
+            "versions": sum(len(v) for v in versions.values()),
+            "outcomes": self.count_outcomes(),
+        }
+
+    # ------------------------------------------------------------------
+    # outcomes
+    # ------------------------------------------------------------------
+
+    def _outcome_keys(self) -> list[str]:
+        keys: list[str] = []
+        for page in self._list(self.layout.outcomes_root):
+            keys.extend(
+                obj["Key"] for obj in page.get("Contents", [])
+                if self.layout.parse_outcome_key(obj["Key"]) is not None
+            )
+        return keys
+
+    def count_outcomes(self, **_: Any) -> int:
+        return len(self._outcome_keys())
+
+    def get_outcome(self, outcome_ref: str) -> OutcomeRecord | None:
+        object_key = self.layout.outcome_key(outcome_ref)
+        data = self._get_json(object_key)
+        if data is None:
+            return None
+        try:
+            return OutcomeRecord.model_validate(data)
+        except ValidationError as exc:
+            raise AdapterError(
+                f"object {object_key!r} is not a valid OutcomeRecord: {exc}"
+            ) from None
+
+    def list_outcomes(
+        self,
+        *,
+        entity_path: str | None = None,
+        since: datetime | None = None,
+        limit: int = 1000,
+        outcome_ref: str | None = None,
+    ) -> list[OutcomeRecord]:
+        """Stored outcome records, newest first."""
+        if outcome_ref is not None:
+            records = [r for r in [self.get_outcome(outcome_ref)] if r is not None]
+        else:
+            refs = [self.layout.parse_outcome_key(k) for k in self._outcome_keys()]
+            loaded = self._pool.map(self.get_outcome, [r for r in refs if r])
+            records = [r for r in loaded if r is not None]
+        if since is not None:
+            records = [r for r in records if _aware(r.committed_at) >= _aware(since)]
+        if entity_path is not None:
+            records = [r for r in records if _cites_entity(r, entity_path)]
+        records.sort(key=lambda r: _aware(r.committed_at), reverse=True)
+        return records[:limit]
+
+    def commit_outcome(self, record: OutcomeRecord) -> list[MemoryEntry]:
+        """Store the outcome record, then a new version of every cited entry."""
+        updated, _ = self.commit_outcome_with_changes(record)
+        return updated
+
+    def commit_outcome_with_changes(
+        self, record: OutcomeRecord
+    ) -> tuple[list[MemoryEntry], list[Change]]:
+        object_key = self.layout.outcome_key(record.outcome_ref)
+        body = json.dumps(record.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
+        try:
+            self._call("put_object", object_key, Key=object_key, Body=body,
+                       ContentType="application/json")
+        except ClientError as exc:
+            raise self._failure("PutObject", object_key, exc) from None
+        changes = [self._journal({"kind": "outcome", "outcome_ref": record.outcome_ref})]
+        updated: list[MemoryEntry] = []
+        now = datetime.now(UTC)
+        for entity_path, key in cited_entries(record):
+            result = self._apply_outcome(record, entity_path, key, now)
+            if result is not None:
+                updated.append(result[0])
+                changes.append(result[1])
+        return updated, changes
+
+    def _apply_outcome(
+        self, record: OutcomeRecord, entity_path: str, key: str, now: datetime
+    ) -> tuple[MemoryEntry, Change] | None:
+        """New version of one cited entry through amfs-core's evidence model.
+
+        It is written as the version after the one it was computed from, so a
+        concurrent value write is never buried under a stale snapshot: on a
+        conflict the evidence is re-applied to the newer version.
+        """
+        try:
+            validate_entity_path(entity_path)
+            validate_key(key)
+        except InvalidNameError:
+            logger.warning("outcome %s cites an invalid entry name %r/%r; skipped",
+                           record.outcome_ref, entity_path, key)
+            return None
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            current = self.read(entity_path, key)
+            if current is None:
+                logger.warning("outcome %s cites %s/%s, which does not exist",
+                               record.outcome_ref, entity_path, key)
+                return None
+            new_entry, steps = apply_record_to_entry(
+                current, record, now=now, version_lookup=self.read_at_version
+            )
+            if not steps:
+                return None
+            try:
+                return self.write_with_change(
+                    new_entry.model_copy(update={"version": current.version + 1})
+                )
+            except VersionConflictError:
+                continue
+        raise AdapterError(f"outcome {record.outcome_ref}: {entity_path}/{key} kept changing")
+
+    # ------------------------------------------------------------------
+    # watch
+    # ------------------------------------------------------------------
+
+    def poll_journal(self, cursor: JournalCursor) -> list[Change]:
+        """New journal records since *cursor* (one LIST + one GET per new record)."""
+        keys: list[str] = []
+        for page in self._list(self.layout.journal_root, start_after=cursor.start_after()):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        changes: list[Change] = []
+        for journal_key in cursor.accept(keys):
+            data = self._get_json(journal_key)
+            if data is None:
+                continue
+            try:
+                changes.append(Change.from_record(journal_key, data))
+            except (KeyError, ValueError) as exc:
+                logger.warning("skipping malformed journal record %s: %s", journal_key, exc)
+        return changes
+
+    def watch(
+        self,
+        entity_path: str,
+        callback: Callable[[MemoryEntry], None],
+    ) -> WatchHandle:
+        """Call *callback* with every new version under *entity_path* (its subtree),
+        written by this adapter or by any other process, found by polling the journal
+        every ``poll_interval`` seconds. Polling runs only while a watch is active."""
+        if entity_path not in ("", "*"):
+            validate_entity_path(entity_path)
+        return self._watch.add(entity_path, callback)
+
+    @property
+    def watching(self) -> bool:
+        return self._watch.running
+
+    def close(self) -> None:
+        """Stop the watch poller and the GET pool."""
+        self._watch.stop()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> S3Adapter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _cites_entity(record: OutcomeRecord, entity_path: str) -> bool:
+    return any(is_within(ep, entity_path) for ep, _ in cited_entries(record))
+

@@ -1,0 +1,6 @@
+"""Fixtures live in tests/fixtures/ and are loaded here once for every test."""
+
+pytest_plugins = [
+    "tests.fixtures.s3",
+    "tests.fixtures.s3_proxy",
+]
