@@ -8,6 +8,7 @@ The object layout is fixed in :mod:`amfs_sidecar.layout`.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -589,7 +590,7 @@ class S3Adapter(AdapterABC):
         include_superseded: bool = False,
         subtree: bool = False,
         branch: str = "main",
-    ) -> list[MemoryEntry]:
+    ) -> builtins.list[MemoryEntry]:
         """Current entries of *entity_path* (its own keys; descendants only with
         ``subtree=True``), or of the whole namespace when it is None."""
         if entity_path is not None:
@@ -603,13 +604,13 @@ class S3Adapter(AdapterABC):
         loaded = self._pool.map(lambda item: self._load_entry(*item), wanted)
         return [entry for entry in loaded if entry is not None]
 
-    def search(self, query: SearchQuery) -> list[MemoryEntry]:
+    def search(self, query: SearchQuery) -> builtins.list[MemoryEntry]:
         """AMFS query semantics as an in-memory scan of ``list()`` (S3 has no query language)."""
         return super().search(query)
 
     def semantic_search(
         self, query: SemanticQuery, embedder: EmbedderABC
-    ) -> list[tuple[MemoryEntry, float]]:
+    ) -> builtins.list[tuple[MemoryEntry, float]]:
         """Brute-force cosine similarity over entries that carry an embedding."""
         return super().semantic_search(query, embedder)
 
@@ -629,8 +630,8 @@ class S3Adapter(AdapterABC):
     # outcomes
     # ------------------------------------------------------------------
 
-    def _outcome_keys(self) -> list[str]:
-        keys: list[str] = []
+    def _outcome_keys(self) -> builtins.list[str]:
+        keys: builtins.list[str] = []
         for page in self._list(self.layout.outcomes_root):
             keys.extend(
                 obj["Key"] for obj in page.get("Contents", [])
@@ -660,7 +661,7 @@ class S3Adapter(AdapterABC):
         since: datetime | None = None,
         limit: int = 1000,
         outcome_ref: str | None = None,
-    ) -> list[OutcomeRecord]:
+    ) -> builtins.list[OutcomeRecord]:
         """Stored outcome records, newest first."""
         if outcome_ref is not None:
             records = [r for r in [self.get_outcome(outcome_ref)] if r is not None]
@@ -675,14 +676,14 @@ class S3Adapter(AdapterABC):
         records.sort(key=lambda r: _aware(r.committed_at), reverse=True)
         return records[:limit]
 
-    def commit_outcome(self, record: OutcomeRecord) -> list[MemoryEntry]:
+    def commit_outcome(self, record: OutcomeRecord) -> builtins.list[MemoryEntry]:
         """Store the outcome record, then a new version of every cited entry."""
         updated, _ = self.commit_outcome_with_changes(record)
         return updated
 
     def commit_outcome_with_changes(
         self, record: OutcomeRecord
-    ) -> tuple[list[MemoryEntry], list[Change]]:
+    ) -> tuple[builtins.list[MemoryEntry], builtins.list[Change]]:
         object_key = self.layout.outcome_key(record.outcome_ref)
         body = json.dumps(record.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
         try:
@@ -691,7 +692,7 @@ class S3Adapter(AdapterABC):
         except ClientError as exc:
             raise self._failure("PutObject", object_key, exc) from None
         changes = [self._journal({"kind": "outcome", "outcome_ref": record.outcome_ref})]
-        updated: list[MemoryEntry] = []
+        updated: builtins.list[MemoryEntry] = []
         now = datetime.now(UTC)
         for entity_path, key in cited_entries(record):
             result = self._apply_outcome(record, entity_path, key, now)
@@ -739,12 +740,12 @@ class S3Adapter(AdapterABC):
     # watch
     # ------------------------------------------------------------------
 
-    def poll_journal(self, cursor: JournalCursor) -> list[Change]:
+    def poll_journal(self, cursor: JournalCursor) -> builtins.list[Change]:
         """New journal records since *cursor* (one LIST + one GET per new record)."""
-        keys: list[str] = []
+        keys: builtins.list[str] = []
         for page in self._list(self.layout.journal_root, start_after=cursor.start_after()):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        changes: list[Change] = []
+        changes: builtins.list[Change] = []
         for journal_key in cursor.accept(keys):
             data = self._get_json(journal_key)
             if data is None:
