@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
 manifests: $(STAMP)
-	$(BIN)/python -m amfs_operator.manifests deploy/
+	$(BIN)/python scripts/render_manifests.py deploy/
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache

@@ -1,0 +1,3 @@
+from amfs_operator.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""``amfs-operator``: ``kopf run`` with this operator's handlers and sensible settings.
+
+    amfs-operator                          # every namespace
+    amfs-operator -n team-a -n team-b      # only these namespaces
+    amfs-operator --metrics-port 9465 --health-port 8080 --log-format json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import kopf
+
+from amfs_operator import metrics, webhook
+from amfs_operator.handlers import build_registry
+from amfs_operator.kube import Kube
+from amfs_operator.reconcile import Runtime
+from amfs_operator.resources import DEFAULT_IMAGE, SidecarMode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS_PORT = 9465
+DEFAULT_HEALTH_PORT = 8080
+DEFAULT_WEBHOOK_PORT = 9443
+DEFAULT_WEBHOOK_CERT_DIR = "/etc/amfs/webhook-certs"
+DEFAULT_PROBE_INTERVAL = 300.0
+DEFAULT_WATCH_TIMEOUT = 300.0
+FINALIZER = "amfs.dev/finalizer"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # empty: the whole cluster
+    metrics_port: int = DEFAULT_METRICS_PORT  # 0: no metrics endpoint
+    health_port: int = DEFAULT_HEALTH_PORT  # 0: no liveness endpoint
+    listen_host: str = "0.0.0.0"
+    probe_interval: float = DEFAULT_PROBE_INTERVAL
+    deletion_retry: float = 30.0
+    watch_timeout: float = DEFAULT_WATCH_TIMEOUT
+    workers: int = 8
+    log_format: str = "text"
+    verbose: bool = False
+    debug: bool = False
+    # For the injection webhook (kopf's webhook server) and the sidecar it injects.
+    webhook_port: int = DEFAULT_WEBHOOK_PORT  # 0: no injection webhook
+    webhook_cert_dir: str = DEFAULT_WEBHOOK_CERT_DIR
+    sidecar_image: str = DEFAULT_IMAGE
+    sidecar_mode: SidecarMode = "native"
+
+    @property
+    def liveness(self) -> str | None:
+        return f"http://{self.listen_host}:{self.health_port}/healthz" if self.health_port else None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="amfs-operator", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="serve every namespace (the default)")
+    scope.add_argument("-n", "--namespace", dest="namespaces", action="append", default=[],
+                       help="serve only this namespace (repeatable)")
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                        help="Prometheus /metrics port (default %(default)s; 0 disables)")
+    parser.add_argument("--health-port", type=int, default=DEFAULT_HEALTH_PORT,
+                        help="liveness endpoint /healthz port (default %(default)s; 0 disables)")
+    parser.add_argument("--listen-host", default="0.0.0.0",
+                        help="address of the metrics and health endpoints (default %(default)s)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--webhook-port", type=int, default=DEFAULT_WEBHOOK_PORT,
+                        help="HTTPS port of the sidecar-injection webhook "
+                             "(default %(default)s; 0 disables)")
+    parser.add_argument("--webhook-cert-dir", default=DEFAULT_WEBHOOK_CERT_DIR,
+                        help="tls.crt and tls.key of the webhook server (default %(default)s)")
+    parser.add_argument("--sidecar-image", default=env.get("AMFS_SIDECAR_IMAGE", DEFAULT_IMAGE),
+                        help="image of the injected sidecar (env AMFS_SIDECAR_IMAGE; "
+                             "default %(default)s)")
+    parser.add_argument("--sidecar-mode", choices=("native", "container"),
+                        default=env.get("AMFS_SIDECAR_MODE", "native"),
+                        help="native: init container with restartPolicy Always (Kubernetes "
+                             ">= 1.29); container: a regular container (env AMFS_SIDECAR_MODE)")
+    parser.add_argument("--probe-interval", type=float,
+                        default=float(env.get("AMFS_OPERATOR_PROBE_INTERVAL",
+                                              DEFAULT_PROBE_INTERVAL)),
+                        help="seconds between bucket re-probes of each memory "
+                             "(env AMFS_OPERATOR_PROBE_INTERVAL; default %(default)s)")
+    parser.add_argument("--deletion-retry", type=float, default=30.0,
+                        help="seconds between attempts of a deletion that S3 blocks "
+                             "(default %(default)s)")
+    parser.add_argument("--watch-timeout", type=float, default=DEFAULT_WATCH_TIMEOUT,
+                        help="server-side watch timeout in seconds; watches are re-opened "
+                             "after it, so they never go quiet (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="threads running handlers (default %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    if args.probe_interval <= 0:
+        parser.error("--probe-interval must be greater than zero")
+    return OperatorConfig(
+        namespaces=tuple(args.namespaces),
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        listen_host=args.listen_host,
+        probe_interval=args.probe_interval,
+        deletion_retry=args.deletion_retry,
+        watch_timeout=args.watch_timeout,
+        workers=args.workers,
+        log_format=args.log_format,
+        verbose=args.verbose,
+        debug=args.debug,
+        webhook_port=args.webhook_port,
+        webhook_cert_dir=args.webhook_cert_dir,
+        sidecar_image=args.sidecar_image,
+        sidecar_mode=args.sidecar_mode,
+    )
+
+
+def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # Only declared status fields survive a real API server's pruning: keep kopf's own
+    # bookkeeping in annotations, never in status.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="amfs.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="amfs.dev", key="last-handled-configuration"
+    )
+    settings.posting.reporting_component = "amfs-operator"
+    settings.posting.reporting_instance = socket.gethostname()
+    settings.posting.event_name_prefix = "amfs-"
+    settings.watching.server_timeout = config.watch_timeout
+    settings.watching.client_timeout = config.watch_timeout + 30
+    settings.watching.connect_timeout = 30
+    settings.execution.max_workers = config.workers
+    return settings
+
+
+async def operate(
+    config: OperatorConfig,
+    *,
+    stop_flag: threading.Event | asyncio.Event | None = None,
+    ready_flag: threading.Event | asyncio.Event | None = None,
+) -> None:
+    """Run the operator until *stop_flag* is set (or a signal, in the main thread)."""
+    runtime = Runtime(kube=Kube.from_environment(), deletion_retry=config.deletion_retry)
+    server = metrics.serve(config.metrics_port, config.listen_host) if config.metrics_port else None
+    log.info("event=operator_start namespaces=%s metrics_port=%s probe_interval=%s",
+             ",".join(config.namespaces) or "*", config.metrics_port, config.probe_interval)
+    registry = build_registry(probe_interval=config.probe_interval)
+    settings = build_settings(config)
+    if config.webhook_port:
+        webhook.setup(
+            registry, settings,
+            lookup=runtime.kube.get_memory,
+            port=config.webhook_port,
+            cert_dir=config.webhook_cert_dir,
+            image=config.sidecar_image,
+            mode=config.sidecar_mode,
+        )
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            memo=runtime,
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            liveness_endpoint=config.liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        runtime.kube.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_args(argv)
+    kopf.configure(
+        verbose=config.verbose,
+        debug=config.debug,
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    asyncio.run(operate(config))
+
+
+if __name__ == "__main__":
+    main()

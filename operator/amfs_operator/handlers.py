@@ -1,0 +1,100 @@
+"""kopf wiring only: each handler hands its object to :mod:`amfs_operator.reconcile`
+and writes back what it returns. :func:`build_registry` is the one place that says
+which event runs which handler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+
+from amfs_operator import GROUP, PLURAL, VERSION, index, reconcile
+from amfs_operator.index import ClaimIndex, SecretIndex
+from amfs_operator.kube import connection_info
+from amfs_operator.reconcile import Outcome, Runtime
+
+HANDLER_BACKOFF_SECONDS = 10.0
+
+
+def memory_claims(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return index.claim_entry(body)
+
+
+def memories_by_secret(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return index.secret_entry(body)
+
+
+def reconcile_memory(
+    body: kopf.Body, patch: kopf.Patch, memo: Runtime, memory_claims: ClaimIndex, **_: Any
+) -> None:
+    """On create, update, resume and every re-probe tick."""
+    _write(body, reconcile.reconcile(memo, body, memory_claims), patch)
+
+
+def finalize_memory(
+    body: kopf.Body, patch: kopf.Patch, memo: Runtime, memory_claims: ClaimIndex,
+    logger: kopf.Logger, **_: Any,
+) -> None:
+    """On deletion: apply deletionPolicy, then let the finalizer go."""
+    try:
+        logger.info(reconcile.finalize(memo, body, memory_claims))
+    except reconcile.DeletionBlocked as blocked:
+        _write(body, blocked.outcome, patch)
+        raise kopf.TemporaryError(str(blocked), delay=memo.deletion_retry) from None
+
+
+def follow_source_secret(
+    type: str | None, namespace: str, name: str, memo: Runtime,
+    memories_by_secret: SecretIndex, memory_claims: ClaimIndex, **_: Any,
+) -> None:
+    """A source Secret appeared, changed or went away: re-reconcile the memories using it."""
+    if type is None:  # the initial listing; resume handlers cover existing memories
+        return
+    for memory_name in memories_by_secret.get((namespace, name), ()):
+        body = memo.kube.get_memory(namespace, memory_name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            continue
+        outcome = reconcile.reconcile(memo, body, memory_claims)
+        if outcome.changed:
+            memo.kube.patch_memory_status(namespace, memory_name, outcome.status.as_dict())
+        _emit(body, outcome)
+
+
+def login(memo: Runtime, **_: Any) -> kopf.ConnectionInfo:
+    """kopf uses the same cluster and identity as the operator's own client."""
+    return connection_info(memo.kube.api.configuration)
+
+
+def _write(body: Mapping[str, Any], outcome: Outcome, patch: kopf.Patch) -> None:
+    if outcome.changed:
+        patch.status.update(outcome.status.as_dict())
+    _emit(body, outcome)
+
+
+def _emit(body: Any, outcome: Outcome) -> None:
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def build_registry(*, probe_interval: float) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    memory: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": PLURAL,
+                              "registry": registry}
+    retried: dict[str, Any] = {**memory, "backoff": HANDLER_BACKOFF_SECONDS}
+    _wire(kopf.on.login(registry=registry), login)
+    _wire(kopf.index(**memory), memory_claims)
+    _wire(kopf.index(**memory), memories_by_secret)
+    for on in (kopf.on.resume, kopf.on.create, kopf.on.update):
+        _wire(on(**retried), reconcile_memory)
+    _wire(kopf.on.delete(**retried), finalize_memory)
+    _wire(kopf.timer(**memory, interval=probe_interval, initial_delay=probe_interval,
+                     id="reprobe"), reconcile_memory)
+    _wire(kopf.on.event("", "v1", "secrets", registry=registry), follow_source_secret)
+    return registry
+
+
+def _wire(decorator: Callable[[Any], Any], handler: Callable[..., Any]) -> None:
+    """Register *handler*; kopf passes indexes and ``memo`` by name, which its callback
+    protocols cannot express, hence the untyped hand-over."""
+    decorator(handler)

@@ -1,0 +1,332 @@
+"""Desired vs. observed for one AMFSMemory: children, credentials, bucket, status.
+
+Entry points (each called by a thin kopf handler): :func:`reconcile` for create,
+update, resume, the re-probe timer and source-Secret changes; :func:`finalize`
+for deletion. They return what the status should be and which events to emit;
+the handlers write it. Bad input never raises: it becomes ``Ready=False`` with a
+reason. Only infrastructure failures (the Kubernetes API itself) raise, so kopf
+retries them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from amfs_operator import cleanup, metrics, probe, resources
+from amfs_operator.conditions import (
+    BLOCKING_REASONS,
+    Check,
+    Event,
+    Findings,
+    deleting_status,
+    desired_status,
+    transitions,
+)
+from amfs_operator.exceptions import Refused, S3ProbeError, SpecError
+from amfs_operator.index import ClaimIndex, find_conflict
+from amfs_operator.kube import Applied, Kube
+from amfs_operator.probe import ClientCache, Target
+from amfs_operator.spec import Memory, MemoryStatus, parse_memory, parse_status
+from amfs_sidecar.config import ENV_ACCESS_KEY, ENV_SECRET_KEY
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Shared by every handler through kopf's ``memo`` (shallow-copied per object)."""
+
+    kube: Kube
+    s3: ClientCache = field(default_factory=ClientCache)
+    phases: metrics.PhaseBook = field(default_factory=metrics.PhaseBook)
+    deletion_retry: float = 30.0  # seconds between attempts of a blocked deletion
+
+    @staticmethod
+    def now() -> str:
+        return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: MemoryStatus
+    events: list[Event]
+    changed: bool  # the status differs from the stored one
+
+
+class DeletionBlocked(Exception):
+    """The finalizer cannot finish yet; ``outcome`` says why in the status."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        ready = outcome.status.condition("Ready")
+        super().__init__(ready.message if ready else "deletion blocked")
+
+
+# ---- reconcile ---------------------------------------------------------------------------
+
+
+def reconcile(rt: Runtime, body: Mapping[str, Any], claims: ClaimIndex) -> Outcome:
+    """Bring children, bucket and status in line with the spec; measured in metrics."""
+    meta = body.get("metadata") or {}
+    started = time.perf_counter()
+    try:
+        outcome = _reconcile(rt, body, claims)
+    except Exception:
+        metrics.RECONCILE_TOTAL.labels("error").inc()
+        raise
+    finally:
+        metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+    ready = outcome.status.condition("Ready")
+    refused = ready is not None and ready.reason in BLOCKING_REASONS
+    metrics.RECONCILE_TOTAL.labels("permanent_error" if refused else "success").inc()
+    rt.phases.set(meta.get("namespace", ""), meta.get("name", ""), outcome.status.phase)
+    return outcome
+
+
+def _reconcile(rt: Runtime, body: Mapping[str, Any], claims: ClaimIndex) -> Outcome:
+    previous = parse_status(body.get("status"))
+    generation = (body.get("metadata") or {}).get("generation")
+    try:
+        memory = parse_memory(body)
+    except SpecError as exc:
+        return _outcome(rt, previous, generation, _blocked("InvalidSpec", str(exc)), None, None)
+    try:
+        _refuse_conflict(memory, claims)
+        _apply_config_map(rt.kube, memory)
+        credentials, target = _gather_credentials(rt.kube, memory)
+        secret_name = _apply_credentials_secret(rt.kube, memory, target, credentials)
+    except Refused as exc:
+        return _outcome(rt, previous, generation, _blocked(exc.reason, exc.message), None, None)
+    bucket, conditional = _probe(rt, memory, target) if credentials.ok else _not_probed(credentials)
+    findings = Findings(credentials=credentials, bucket=bucket, conditional_writes=conditional)
+    config_map_name = resources.config_map_name(memory.name)
+    return _outcome(rt, previous, generation, findings, config_map_name, secret_name)
+
+
+def _outcome(
+    rt: Runtime,
+    previous: MemoryStatus,
+    generation: int | None,
+    findings: Findings,
+    config_map_name: str | None,
+    secret_name: str | None,
+) -> Outcome:
+    status = desired_status(
+        findings,
+        generation=generation,
+        previous=previous,
+        now=rt.now(),
+        config_map_name=config_map_name,
+        secret_name=secret_name,
+    )
+    return Outcome(status, transitions(previous, status), status.as_dict() != previous.as_dict())
+
+
+def _blocked(reason: str, message: str) -> Findings:
+    skipped = Check.unknown(reason, "not checked: " + message)
+    return Findings(
+        credentials=skipped,
+        bucket=skipped,
+        conditional_writes=skipped,
+        blocker=Check.failed(reason, message),
+    )
+
+
+def _refuse_conflict(memory: Memory, claims: ClaimIndex) -> None:
+    rival = find_conflict(memory.claim, claims)
+    if rival is not None:
+        raise Refused(
+            "PrefixConflict",
+            f"s3://{memory.spec.bucket}/{memory.root} overlaps s3://{rival.bucket}/{rival.root} "
+            f"of AMFSMemory {rival.namespace}/{rival.name} in another namespace; "
+            "choose a prefix or namespace that neither equals nor nests inside it",
+        )
+
+
+def _apply_config_map(kube: Kube, memory: Memory) -> Applied:
+    desired = resources.config_map(memory)
+    current = kube.get_config_map(memory.namespace, desired["metadata"]["name"])
+    if current is not None and resources.is_owned_by(current, memory):
+        bound = resources.bound_location(current)
+        wanted = resources.location_of(resources.s3_settings(memory))
+        if bound != wanted:
+            raise Refused(
+                "ImmutableFieldChanged",
+                "bucket, prefix, namespace and endpointURL cannot change after creation "
+                f"(bound to bucket={bound[0]!r} prefix={bound[1]!r} namespace={bound[2]!r} "
+                f"endpointURL={bound[3]!r}); create a new AMFSMemory instead",
+            )
+    return _apply_child(kube, memory, desired, current)
+
+
+def _apply_child(
+    kube: Kube, memory: Memory, desired: dict[str, Any], current: Mapping[str, Any] | None
+) -> Applied:
+    name = desired["metadata"]["name"]
+    if current is None:
+        kube.create(desired)
+        log.info("event=child_created kind=%s namespace=%s name=%s",
+                 desired["kind"], memory.namespace, name)
+        return "created"
+    if not resources.is_owned_by(current, memory):
+        raise Refused(
+            "NameTaken",
+            f"{desired['kind']} {name} already exists and is not owned by this AMFSMemory; "
+            "rename or delete it",
+        )
+    if not resources.needs_update(current, desired):
+        return "unchanged"
+    kube.merge_patch(desired, resources.update_patch(current, desired))
+    log.info("event=child_updated kind=%s namespace=%s name=%s",
+             desired["kind"], memory.namespace, name)
+    return "updated"
+
+
+def _gather_credentials(kube: Kube, memory: Memory) -> tuple[Check, Target]:
+    spec = memory.spec
+    target = Target(spec.bucket, memory.root, spec.endpoint_url, spec.region)
+    ref = spec.credentials.secret_ref
+    if ref is None:
+        ambient = Check.passed("ServiceAccount", "using the pod's own identity, no static keys")
+        return ambient, target
+    where = f"Secret {memory.namespace}/{ref.name} (spec.credentials.secretRef)"
+    if ref.name == resources.secret_name(memory.name):
+        return Check.failed("InvalidSecretRef", f"{where} is this memory's own copy"), target
+    secret = kube.get_secret(memory.namespace, ref.name)
+    if secret is None:
+        return Check.failed("SecretNotFound", f"{where} does not exist yet"), target
+    values = {key: resources.secret_value(secret, key)
+              for key in (ref.access_key_id_key, ref.secret_access_key_key)}
+    missing = sorted(key for key, value in values.items() if not value)
+    if missing:
+        return Check.failed(
+            "SecretKeyMissing",
+            f"{where} has no key {', '.join(repr(k) for k in missing)} "
+            "(set accessKeyIDKey / secretAccessKeyKey to the keys it uses)",
+        ), target
+    target = Target(
+        spec.bucket, memory.root, spec.endpoint_url, spec.region,
+        access_key_id=values[ref.access_key_id_key],
+        secret_access_key=values[ref.secret_access_key_key],
+    )
+    copied = f"copied from Secret {ref.name} into {resources.secret_name(memory.name)}"
+    return Check.passed("SecretCopied", copied), target
+
+
+def _apply_credentials_secret(
+    kube: Kube, memory: Memory, target: Target, credentials: Check
+) -> str | None:
+    """Write the owned Secret; ``None`` where there is nothing (yet) to copy."""
+    if not credentials.ok or target.access_key_id is None or target.secret_access_key is None:
+        existing = kube.get_secret(memory.namespace, resources.secret_name(memory.name))
+        return resources.secret_name(memory.name) if existing is not None else None
+    desired = resources.credentials_secret(memory, target.access_key_id, target.secret_access_key)
+    current = kube.get_secret(memory.namespace, desired["metadata"]["name"])
+    _apply_child(kube, memory, desired, current)
+    return str(desired["metadata"]["name"])
+
+
+def _probe(rt: Runtime, memory: Memory, target: Target) -> tuple[Check, Check]:
+    where = f"s3://{memory.spec.bucket}/{memory.root}"
+    try:
+        result = probe.probe(rt.s3, target, create=memory.spec.create_bucket)
+    except S3ProbeError as exc:
+        metrics.BUCKET_PROBE_FAILURES.labels(exc.reason).inc()
+        return Check.failed(exc.reason, exc.message), Check.unknown(
+            "NotProbed", "not probed: the bucket is not reachable"
+        )
+    if result.created_bucket:
+        bucket = Check.passed("BucketCreated", f"created the bucket; memory at {where}")
+    else:
+        bucket = Check.passed("BucketReachable", f"memory at {where}")
+    if result.conditional_writes is True:
+        conditional = Check.passed("Supported", "If-None-Match: * is enforced; no lost updates")
+    elif result.conditional_writes is False:
+        conditional = Check.failed(
+            "NotSupported",
+            "the provider ignores If-None-Match: *; concurrent writers may overwrite versions "
+            f"({result.detail})",
+        )
+    else:
+        conditional = Check.unknown("ProbeFailed", result.detail)
+    return bucket, conditional
+
+
+def _not_probed(credentials: Check) -> tuple[Check, Check]:
+    skipped = Check.unknown("CredentialsNotReady", "not probed: " + credentials.message)
+    return skipped, skipped
+
+
+# ---- finalize ----------------------------------------------------------------------------
+
+
+def finalize(rt: Runtime, body: Mapping[str, Any], claims: ClaimIndex) -> str:
+    """Apply ``deletionPolicy``; returns what was done, or raises :class:`DeletionBlocked`."""
+    meta = body.get("metadata") or {}
+    try:
+        memory = parse_memory(body)
+    except SpecError:
+        message = "the spec was invalid, so no data was ever written; nothing to delete"
+    else:
+        message = _delete_data(rt, body, memory, claims)
+    rt.phases.forget(meta.get("namespace", ""), meta.get("name", ""))
+    return message
+
+
+def _delete_data(rt: Runtime, body: Mapping[str, Any], memory: Memory, claims: ClaimIndex) -> str:
+    where = f"s3://{memory.spec.bucket}/{memory.root}"
+    if memory.spec.deletion_policy == "Retain":
+        return f"deletionPolicy Retain: the data under {where} is kept"
+    rival = find_conflict(memory.claim, claims)
+    if rival is not None:
+        return f"not deleting {where}: it belongs to AMFSMemory {rival.namespace}/{rival.name}"
+    try:
+        target = _deletion_target(rt.kube, memory)
+        count = cleanup.delete_root(
+            rt.s3, target,
+            progress=lambda n: log.info("event=deleting memory=%s/%s prefix=%s deleted=%d",
+                                        memory.namespace, memory.name, where, n),
+        )
+    except S3ProbeError as exc:
+        previous = parse_status(body.get("status"))
+        check = Check.failed(
+            "DeletionBlocked",
+            f"deletionPolicy Delete cannot remove {where}: {exc.message}; fix access, "
+            "or set deletionPolicy: Retain to keep the data and let the deletion finish",
+        )
+        status = deleting_status(previous, check, now=rt.now())
+        changed = status.as_dict() != previous.as_dict()
+        raise DeletionBlocked(Outcome(status, transitions(previous, status), changed)) from None
+    return f"deletionPolicy Delete: removed {count} objects under {where}"
+
+
+def _deletion_target(kube: Kube, memory: Memory) -> Target:
+    """Credentials from the owned copy (it outlives the source), else from the source.
+
+    A memory with a secretRef is never deleted with the operator's own identity.
+    """
+    spec = memory.spec
+    ref = spec.credentials.secret_ref
+    if ref is None:
+        return Target(spec.bucket, memory.root, spec.endpoint_url, spec.region)
+    for name, keys in (
+        (resources.secret_name(memory.name), (ENV_ACCESS_KEY, ENV_SECRET_KEY)),
+        (ref.name, (ref.access_key_id_key, ref.secret_access_key_key)),
+    ):
+        secret = kube.get_secret(memory.namespace, name)
+        access, secret_key = (
+            (resources.secret_value(secret, k) for k in keys) if secret else (None, None)
+        )
+        if access and secret_key:
+            return Target(spec.bucket, memory.root, spec.endpoint_url, spec.region,
+                                access_key_id=access, secret_access_key=secret_key)
+    raise S3ProbeError(
+        "CredentialsMissing",
+        f"neither Secret {resources.secret_name(memory.name)} nor Secret {ref.name} holds "
+        "the credentials",
+    )

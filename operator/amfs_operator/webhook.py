@@ -1,0 +1,178 @@
+"""The sidecar-injection webhook: kopf's mutating admission handler and its TLS server.
+
+Wiring, from the operator's start-up (``cli.py``)::
+
+    webhook.setup(
+        registry, settings,
+        lookup=runtime.kube.get_memory,            # (namespace, name) -> body | None
+        port=9443, cert_dir="/etc/amfs/webhook-certs",
+        image=args.sidecar_image, mode=args.sidecar_mode,
+    )
+
+The chart owns the MutatingWebhookConfiguration (service, caBundle, selectors,
+failurePolicy), so kopf only serves: ``settings.admission.managed`` stays unset.
+kopf routes a request to the handler whose id is the URL path; the chart's
+``clientConfig.service.path`` is ``/`` + :data:`HANDLER_ID`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from amfs_operator import injection
+from amfs_operator.exceptions import OperatorError
+from amfs_operator.injection import InjectionError, InjectionSettings
+
+log = logging.getLogger(__name__)
+
+HANDLER_ID = "amfs-inject-sidecar"
+DEFAULT_PORT = 9443
+DEFAULT_CERT_DIR = "/etc/amfs/webhook-certs"
+CERT_FILE = "tls.crt"
+KEY_FILE = "tls.key"
+
+MemoryLookup = Callable[[str, str], Mapping[str, Any] | None]
+
+
+class WebhookConfigError(OperatorError, ValueError):
+    """The webhook server cannot start as configured; the message says what to fix."""
+
+
+# ---- the handler -------------------------------------------------------------------------
+
+
+def mutate_pod(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    warnings: list[str],
+    *,
+    settings: InjectionSettings,
+    lookup: MemoryLookup,
+    **_: Any,
+) -> None:
+    """Give an annotated pod the sidecar of the AMFSMemory it names."""
+    pod = dict(body)
+    namespace = body.metadata.namespace
+    name = injection.requested_memory(pod)
+    try:
+        memory = lookup(namespace, name) if namespace and name else None
+    except Exception as exc:
+        # Raising would deny the pod even under failurePolicy Ignore (the webhook did
+        # answer), so the configured policy decides here too.
+        if settings.failure_policy == "Fail":
+            raise kopf.AdmissionError(
+                f"cannot read AMFSMemory {namespace}/{name}: {exc}", code=503
+            ) from None
+        log.warning("event=sidecar_injection namespace=%s memory=%s result=lookup-failed "
+                    "error=%s", namespace, name, exc)
+        warnings.append(
+            f"cannot read AMFSMemory {name!r} ({exc}); the pod starts without the amfs sidecar"
+        )
+        return
+    try:
+        result = injection.inject(pod, memory, settings, namespace=namespace)
+    except InjectionError as exc:
+        raise kopf.AdmissionError(str(exc), code=400) from None
+    warnings.extend(result.warnings)
+    if result.injected:
+        patch.fns.append(_replace_with(result.pod))
+    log.info(
+        "event=sidecar_injection namespace=%s pod=%s memory=%s result=%s mode=%s",
+        namespace, body.metadata.name or body.metadata.get("generateName", ""),
+        result.memory, result.reason, settings.mode,
+    )
+
+
+def _replace_with(mutated: Mapping[str, Any]) -> Callable[[kopf.RawBody], None]:
+    """A kopf patch function: kopf diffs the body before and after into a JSON patch."""
+
+    def apply(body: kopf.RawBody) -> None:
+        body.clear()  # type: ignore[attr-defined]
+        body.update(mutated)  # type: ignore[typeddict-item]
+
+    return apply
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    *,
+    settings: InjectionSettings,
+    lookup: MemoryLookup,
+) -> None:
+    """Register the mutating handler for pods annotated ``amfs.dev/memory``."""
+
+    def inject_sidecar(
+        body: kopf.Body, patch: kopf.Patch, warnings: list[str], **kwargs: Any
+    ) -> None:
+        mutate_pod(body, patch, warnings, settings=settings, lookup=lookup, **kwargs)
+
+    kopf.on.mutate(
+        "", "v1", "pods",
+        id=HANDLER_ID,
+        operations=["CREATE"],
+        annotations={injection.ANNOTATION_MEMORY: kopf.PRESENT},
+        side_effects=False,
+        registry=registry,
+    )(inject_sidecar)
+
+
+# ---- the server --------------------------------------------------------------------------
+
+
+def webhook_server(
+    *,
+    port: int = DEFAULT_PORT,
+    cert_dir: str | os.PathLike[str] | None = DEFAULT_CERT_DIR,
+    addr: str = "0.0.0.0",
+    insecure: bool = False,
+) -> kopf.WebhookServer:
+    """kopf's webhook server with the mounted certificate (re-read when it rotates).
+
+    ``insecure`` serves plain HTTP, for tests on loopback only.
+    """
+    if insecure:
+        return kopf.WebhookServer(addr=addr, port=port, insecure=True)
+    if cert_dir is None:
+        raise WebhookConfigError("--webhook-cert-dir is required to serve the webhook over TLS")
+    certfile, keyfile = Path(cert_dir) / CERT_FILE, Path(cert_dir) / KEY_FILE
+    missing = [str(path) for path in (certfile, keyfile) if not path.is_file()]
+    if missing:
+        raise WebhookConfigError(
+            f"webhook certificate not found: {', '.join(missing)} (mount the chart's webhook "
+            "TLS Secret there, or point --webhook-cert-dir at a directory with tls.crt and tls.key)"
+        )
+    return kopf.WebhookServer(addr=addr, port=port, certfile=certfile, pkeyfile=keyfile)
+
+
+def configure_server(settings: kopf.OperatorSettings, server: kopf.WebhookServer) -> None:
+    settings.admission.server = server
+    # The chart renders the MutatingWebhookConfiguration; kopf must not rewrite it
+    # (it would drop the namespace selector) nor need RBAC for it.
+    settings.admission.managed = None
+
+
+def setup(
+    registry: kopf.OperatorRegistry,
+    settings: kopf.OperatorSettings,
+    *,
+    lookup: MemoryLookup,
+    port: int = DEFAULT_PORT,
+    cert_dir: str | os.PathLike[str] | None = DEFAULT_CERT_DIR,
+    image: str | None = None,
+    mode: str | None = None,
+    addr: str = "0.0.0.0",
+    insecure: bool = False,
+) -> InjectionSettings:
+    """Register the handler and configure kopf's webhook server; returns the settings used."""
+    injection_settings = InjectionSettings.from_environment(image=image, mode=mode)
+    configure_server(
+        settings, webhook_server(port=port, cert_dir=cert_dir, addr=addr, insecure=insecure)
+    )
+    register(registry, settings=injection_settings, lookup=lookup)
+    return injection_settings

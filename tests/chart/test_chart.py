@@ -1,0 +1,433 @@
+"""The Helm chart, linted and rendered by Helm's engine, checked object by object."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+
+from amfs_operator import injection, resources, webhook
+from amfs_operator.cli import parse_args
+from scripts.render_manifests import CHART, NAMESPACE, WebhookTLS, certificate_problems
+from tests.chart.conftest import ALL_FEATURES, Render, find, objects
+
+# Objects the API server knows without CRDs; everything else the chart renders is
+# listed in CUSTOM_KINDS (validated structurally, their CRDs are not ours).
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
+CERT_MANAGER = {"webhook": {"certificate": {"source": "certManager"}}}
+KUBE_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+RECOMMENDED = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
+               "app.kubernetes.io/component", "app.kubernetes.io/part-of",
+               "app.kubernetes.io/managed-by", "app.kubernetes.io/version")
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = find(docs, "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+# ---- lint and schema-valid objects -------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, ALL_FEATURES, CERT_MANAGER], ids=["default", "all",
+                                                                           "cert-manager"])
+def test_helm_lint_finds_nothing_to_warn_about(values: dict[str, Any] | None) -> None:
+    report = helm_python.lint(CHART, values, strict=True, kube_version="v1.29.0")
+
+    assert report["errors"] == []
+    # Severity 1 is informational ("icon is recommended"); nothing worse is allowed.
+    assert [m for m in report["messages"] if m["severity"] > 1] == []
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("values", [None, ALL_FEATURES, CERT_MANAGER], ids=["default", "all",
+                                                                           "cert-manager"])
+def test_every_built_in_object_is_valid_for_kubernetes(
+    render: Render, values: dict[str, Any] | None, version: str
+) -> None:
+    docs = objects(render(values))
+    assert docs
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_custom_resources_are_well_formed(all_docs: list[dict[str, Any]], render: Render) -> None:
+    custom = [d for d in all_docs + objects(render(CERT_MANAGER))
+              if (d["apiVersion"], d["kind"]) in CUSTOM_KINDS]
+    assert {(d["apiVersion"], d["kind"]) for d in custom} == CUSTOM_KINDS
+    for doc in custom:
+        assert DNS_LABEL.match(doc["metadata"]["name"]), doc["metadata"]["name"]
+        assert doc["metadata"]["namespace"] == NAMESPACE
+        assert isinstance(doc["spec"], dict) and doc["spec"]
+
+
+def test_every_object_carries_the_recommended_labels(all_docs: list[dict[str, Any]]) -> None:
+    for doc in all_docs:
+        labels = doc["metadata"]["labels"]
+        missing = [key for key in RECOMMENDED if key not in labels]
+        assert not missing, f"{doc['kind']} {doc['metadata']['name']} lacks {missing}"
+        assert labels["app.kubernetes.io/name"] == "amfs"
+        assert labels["app.kubernetes.io/part-of"] == "amfs"
+        assert labels["team"] == "platform"  # commonLabels
+
+
+def test_names_fit_kubernetes_limits_for_the_longest_release_name(render: Render) -> None:
+    release = "a-release-name-that-is-exactly-fifty-three-chars-long"
+    assert len(release) == 53  # Helm's maximum
+    for doc in objects(render(ALL_FEATURES, name=release)):
+        name = doc["metadata"]["name"]
+        assert len(name) <= 63 and DNS_LABEL.match(name), f"{doc['kind']} name {name!r}"
+
+
+# ---- the operator Deployment ---------------------------------------------------------------
+
+
+def test_operator_runs_once_non_root_read_only_without_capabilities(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    deployment = find(default_docs, "Deployment", "amfs-operator")
+    pod = deployment["spec"]["template"]["spec"]
+    container = operator_container(default_docs)
+
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert pod["serviceAccountName"] == find(default_docs, "ServiceAccount")["metadata"]["name"]
+
+
+def test_operator_probes_hit_kopfs_liveness_endpoint(default_docs: list[dict[str, Any]]) -> None:
+    container = operator_container(default_docs)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert ports == {"webhook": 9443, "metrics": 9465, "health": 8080}
+
+
+@pytest.mark.parametrize("values", [None, ALL_FEATURES], ids=["default", "all"])
+def test_operator_arguments_are_what_the_operator_cli_accepts(
+    render: Render, values: dict[str, Any] | None
+) -> None:
+    docs = objects(render(values))
+    container = operator_container(docs)
+    args = container["args"]
+    assert args[0] == "operator"  # the image's entrypoint picks the program
+
+    config = parse_args(args[1:])
+
+    merged = {**{"operator": {}, "sidecar": {}}, **(values or {})}
+    watched = tuple(merged["operator"].get("watchNamespaces", ()))
+    assert config.namespaces == watched
+    assert (config.metrics_port, config.health_port, config.webhook_port) == (9465, 8080, 9443)
+    assert config.sidecar_mode == merged["sidecar"].get("mode", "native")
+    assert config.sidecar_image == merged["sidecar"].get("image", "ghcr.io/amfs-k8s/amfs:0.1.0")
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in find(docs, "Deployment")["spec"]["template"]["spec"][
+        "volumes"]}
+    cert_volume = volumes[mounts[config.webhook_cert_dir]]
+    assert cert_volume["secret"]["secretName"] == "amfs-webhook-tls"
+
+
+def test_operator_image_and_pod_settings_follow_the_values(all_docs: list[dict[str, Any]]) -> None:
+    deployment = find(all_docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = operator_container(all_docs)
+
+    assert container["image"] == "ghcr.io/amfs-k8s/amfs:0.1.0"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert deployment["spec"]["template"]["metadata"]["labels"]["tier"] == "control"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AMFS_SIDECAR_IMAGE_PULL_POLICY"] == "Always"
+    assert env["AMFS_WEBHOOK_FAILURE_POLICY"] == "Fail"
+
+
+def test_services_reach_the_operators_named_ports(default_docs: list[dict[str, Any]]) -> None:
+    deployment = find(default_docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    ports = {p["name"] for p in operator_container(default_docs)["ports"]}
+
+    webhook_service = find(default_docs, "Service", "amfs-webhook")
+    metrics_service = find(default_docs, "Service", "amfs-metrics")
+    for service in (webhook_service, metrics_service):
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports
+    assert webhook_service["spec"]["ports"][0]["port"] == 443
+
+
+# ---- the webhook ---------------------------------------------------------------------------
+
+
+def test_webhook_calls_the_kopf_handler_through_the_webhook_service(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    config = find(default_docs, "MutatingWebhookConfiguration", "amfs-sidecar-injector")
+    [hook] = config["webhooks"]
+
+    assert hook["clientConfig"]["service"] == {
+        "name": "amfs-webhook", "namespace": NAMESPACE, "port": 443,
+        "path": "/" + webhook.HANDLER_ID,
+    }
+    assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                              "resources": ["pods"], "scope": "Namespaced"}]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["sideEffects"] == "None"
+    assert hook["admissionReviewVersions"] == ["v1"]
+
+
+def test_webhook_skips_system_namespaces_its_own_and_injected_pods(
+    default_docs: list[dict[str, Any]], all_docs: list[dict[str, Any]],
+) -> None:
+    [hook] = find(default_docs, "MutatingWebhookConfiguration")["webhooks"]
+    [expression] = hook["namespaceSelector"]["matchExpressions"]
+    assert expression["key"] == "kubernetes.io/metadata.name"
+    assert expression["operator"] == "NotIn"
+    assert set(expression["values"]) == set(injection.SYSTEM_NAMESPACES) | {NAMESPACE}
+    assert hook["objectSelector"] == {"matchExpressions": [
+        {"key": injection.LABEL_SIDECAR, "operator": "DoesNotExist"}]}
+
+    [hook] = find(all_docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        "kube-system", "monitoring", NAMESPACE]
+    assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Fail", 5)
+
+
+def test_helm_generated_certificate_serves_the_webhook_service(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    secret = find(default_docs, "Secret", "amfs-webhook-tls")
+    [hook] = find(default_docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert secret["type"] == "kubernetes.io/tls"
+    name = "amfs-webhook"
+    tls = WebhookTLS(
+        crt=secret["data"]["tls.crt"], key=secret["data"]["tls.key"],
+        ca=secret["data"]["ca.crt"], ca_bundle=hook["clientConfig"]["caBundle"],
+        dns_names=(name, f"{name}.{NAMESPACE}", f"{name}.{NAMESPACE}.svc",
+                   f"{name}.{NAMESPACE}.svc.cluster.local"),
+    )
+    assert certificate_problems(tls) == []
+    assert base64.b64decode(tls.ca).startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+def test_cert_manager_issues_the_certificate_and_injects_the_ca(render: Render) -> None:
+    docs = objects(render(CERT_MANAGER))
+    config = find(docs, "MutatingWebhookConfiguration")
+    certificate = find(docs, "Certificate", "amfs-webhook")
+    issuer = find(docs, "Issuer", "amfs-selfsigned")
+
+    assert config["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": f"{NAMESPACE}/amfs-webhook"}
+    assert "caBundle" not in config["webhooks"][0]["clientConfig"]
+    assert not [d for d in docs if d["kind"] == "Secret"]  # cert-manager writes it
+    assert certificate["spec"]["secretName"] == "amfs-webhook-tls"
+    assert "amfs-webhook.amfs-system.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["issuerRef"] == {
+        "name": issuer["metadata"]["name"], "kind": "Issuer", "group": "cert-manager.io"}
+
+    own_issuer = {"webhook": {"certificate": {"source": "certManager", "certManager": {
+        "issuerRef": {"name": "cluster-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}}}}}
+    docs = objects(render(own_issuer))
+    assert not [d for d in docs if d["kind"] == "Issuer"]
+    assert find(docs, "Certificate")["spec"]["issuerRef"]["name"] == "cluster-ca"
+
+
+def test_a_certificate_you_provide_needs_its_ca_bundle(render: Render) -> None:
+    ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n...").decode()
+    values = {"webhook": {"certificate": {"source": "secret", "secretName": "my-webhook-tls",
+                                          "caBundle": ca}}}
+    docs = objects(render(values))
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert find(docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"][
+        "caBundle"] == ca
+    volumes = find(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "webhook-certs", "secret": {"secretName": "my-webhook-tls"}} in volumes
+
+    with pytest.raises(helm_python.HelmValuesError, match="/webhook/certificate/caBundle"):
+        render({"webhook": {"certificate": {"source": "secret"}}})
+
+
+# ---- RBAC -----------------------------------------------------------------------------------
+
+
+def rules(docs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return list(find(docs, "ClusterRole", name)["rules"])
+
+
+def test_rbac_grants_no_wildcards_and_no_secret_deletion(all_docs: list[dict[str, Any]]) -> None:
+    for role in [d for d in all_docs if d["kind"] in {"ClusterRole", "Role"}]:
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"{role['metadata']['name']}: {rule}"
+            if "secrets" in rule["resources"]:
+                assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "patch"}
+
+
+def test_cluster_wide_by_default_and_per_namespace_when_listed(
+    default_docs: list[dict[str, Any]], all_docs: list[dict[str, Any]],
+) -> None:
+    binding = find(default_docs, "ClusterRoleBinding", "amfs-operator")
+    assert binding["roleRef"]["name"] == "amfs-operator"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "amfs-operator",
+                                    "namespace": NAMESPACE}]
+    assert not [d for d in default_docs if d["kind"] == "RoleBinding"]
+    # kopf lists namespaces only to resolve a namespace list; cluster-wide it does not.
+    assert not [r for r in rules(default_docs, "amfs-operator-cluster")
+                if "namespaces" in r["resources"]]
+
+    bindings = [d for d in all_docs if d["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["agents", "research"]
+    assert {b["roleRef"]["name"] for b in bindings} == {"amfs-operator"}
+    assert not [d for d in all_docs if d["kind"] == "ClusterRoleBinding"
+                and d["roleRef"]["name"] == "amfs-operator"]
+    assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]} in \
+        rules(all_docs, "amfs-operator-cluster")
+
+
+# ---- monitoring -----------------------------------------------------------------------------
+
+
+def test_service_monitor_scrapes_the_metrics_service(all_docs: list[dict[str, Any]]) -> None:
+    monitor = find(all_docs, "ServiceMonitor")
+    service = find(all_docs, "Service", "amfs-metrics")
+
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= \
+        service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+
+
+def test_pod_monitor_scrapes_the_injected_sidecars(all_docs: list[dict[str, Any]],
+                                                   render: Render) -> None:
+    monitor = find(all_docs, "PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"] == {"matchExpressions": [
+        {"key": injection.LABEL_SIDECAR, "operator": "Exists"}]}
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["agents"]}
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == resources.METRICS_PORT_NAME
+    everywhere = find(objects(render({"metrics": {"podMonitor": {"enabled": True}}})),
+                      "PodMonitor")
+    assert everywhere["spec"]["namespaceSelector"] == {"any": True}
+
+
+def test_monitoring_objects_are_off_by_default(default_docs: list[dict[str, Any]]) -> None:
+    kinds = {d["kind"] for d in default_docs}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+def test_prometheus_rule_has_every_alert_with_thresholds_from_values(render: Render) -> None:
+    values = {"metrics": {"prometheusRule": {"enabled": True, "alerts": {
+        "pollStale": {"pollIntervalSeconds": 2.5, "intervals": 4, "for": "3m",
+                      "severity": "critical"},
+        "pollLagHigh": {"thresholdSeconds": 12, "for": "5m", "severity": "warning"},
+    }}}}
+    rule = find(objects(render(values)), "PrometheusRule")
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+
+    assert set(alerts) == {
+        "AMFSOperatorAbsent", "AMFSMemoryNotReady", "AMFSSidecarPollLagHigh",
+        "AMFSSidecarPollStale", "AMFSSidecarS3ErrorRateHigh", "AMFSSidecarAPILatencyHigh",
+    }
+    for alert in alerts.values():
+        assert alert["labels"]["severity"] in {"warning", "critical"}
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+        assert re.fullmatch(r"[0-9]+[smh]", alert["for"])
+    assert alerts["AMFSSidecarPollStale"]["expr"].rstrip().endswith("> 10")
+    assert (alerts["AMFSSidecarPollStale"]["for"],
+            alerts["AMFSSidecarPollStale"]["labels"]["severity"]) == ("3m", "critical")
+    assert alerts["AMFSSidecarPollLagHigh"]["expr"].rstrip().endswith("> 12")
+    assert alerts["AMFSMemoryNotReady"]["for"] == "10m"
+    assert 'job="amfs-metrics"' in alerts["AMFSOperatorAbsent"]["expr"]
+    # Prometheus' own templating survives Helm's.
+    assert "{{ $labels.memory }}" in alerts["AMFSSidecarPollLagHigh"]["annotations"]["summary"]
+
+
+# ---- dashboards and notes --------------------------------------------------------------------
+
+
+def dashboards(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    found = {}
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and "grafana_dashboard" in doc["metadata"]["labels"]:
+            for key, text in doc["data"].items():
+                found[key] = {"configmap": doc, "dashboard": json.loads(text)}
+    return found
+
+
+def panel_titles(dashboard: dict[str, Any]) -> set[str]:
+    return {p["title"] for p in dashboard["panels"] if p["type"] != "row"}
+
+
+def test_dashboards_are_config_maps_grafana_discovers(
+    default_docs: list[dict[str, Any]], all_docs: list[dict[str, Any]],
+) -> None:
+    found = dashboards(default_docs)
+    assert set(found) == {"amfs-memory-overview.json", "amfs-sidecar.json"}
+    for item in found.values():
+        assert item["configmap"]["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert item["configmap"]["metadata"]["namespace"] == NAMESPACE
+    assert len({item["dashboard"]["uid"] for item in found.values()}) == 2
+
+    for item in dashboards(all_docs).values():
+        assert item["configmap"]["metadata"]["namespace"] == "monitoring"
+        assert item["configmap"]["metadata"]["annotations"] == {"grafana_folder": "AMFS"}
+
+
+def test_dashboards_show_what_the_issue_asks_for(default_docs: list[dict[str, Any]]) -> None:
+    found = dashboards(default_docs)
+    overview = found["amfs-memory-overview.json"]["dashboard"]
+    sidecar = found["amfs-sidecar.json"]["dashboard"]
+
+    assert {"Memories by phase", "Ready", "Not ready", "Reconcile rate by result",
+            "Reconcile errors", "Bucket probe failures"} <= panel_titles(overview)
+    assert {"Poll lag p50 by memory", "Poll lag p99 by memory",
+            "Time since last successful poll", "Objects by kind", "S3 requests by operation",
+            "S3 error rate by operation", "API requests by route", "API latency p99 by route",
+            "API errors by route", "Active watchers"} <= panel_titles(sidecar)
+    for dashboard in (overview, sidecar):
+        for panel in dashboard["panels"]:
+            if panel["type"] != "row":
+                assert panel["targets"] and all(t["expr"] for t in panel["targets"])
+                assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert "datasource" in {v["name"] for v in dashboard["templating"]["list"]}
+
+
+def test_dashboards_can_be_switched_off(render: Render) -> None:
+    assert dashboards(objects(render({"dashboards": {"enabled": False}}))) == {}
+
+
+def test_notes_tell_the_user_how_to_annotate_pods(render: Render) -> None:
+    notes = render()["amfs/templates/NOTES.txt"]
+    assert "amfs.dev/memory: NAME" in notes
+    assert "kubectl -n NAMESPACE get amfsmemories" in notes
+    assert "grafana_dashboard=1" in notes
+    assert "AMFS_SOCKET=/var/run/amfs/amfs.sock" in notes

@@ -1,0 +1,60 @@
+"""The amfs-operator command line and the kopf settings it builds."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+
+from amfs_operator.cli import FINALIZER, build_settings, parse_args
+from amfs_operator.handlers import build_registry
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AMFS_SIDECAR_IMAGE", raising=False)
+    monkeypatch.delenv("AMFS_SIDECAR_MODE", raising=False)
+    config = parse_args([])
+    assert config.namespaces == ()  # all namespaces
+    assert (config.metrics_port, config.health_port, config.webhook_port) == (9465, 8080, 9443)
+    assert config.liveness == "http://0.0.0.0:8080/healthz"
+    assert config.probe_interval == 300
+    assert config.sidecar_image == "ghcr.io/amfs-k8s/amfs:0.1.0"
+    assert config.sidecar_mode == "native"
+
+
+def test_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMFS_SIDECAR_IMAGE", "registry.local/amfs:dev")
+    monkeypatch.setenv("AMFS_SIDECAR_MODE", "container")
+    config = parse_args(["-n", "a", "--namespace", "b", "--metrics-port", "0",
+                         "--health-port", "0", "--log-format", "json", "--probe-interval", "30"])
+    assert config.namespaces == ("a", "b")
+    assert config.metrics_port == 0 and config.liveness is None
+    assert config.log_format == "json" and config.probe_interval == 30
+    assert (config.sidecar_image, config.sidecar_mode) == ("registry.local/amfs:dev", "container")
+
+
+@pytest.mark.parametrize("argv", [["-A", "-n", "a"], ["--probe-interval", "0"],
+                                  ["--log-format", "xml"], ["--sidecar-mode", "magic"]])
+def test_bad_flags_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+
+
+def test_settings_keep_kopf_state_out_of_status_and_watches_alive() -> None:
+    settings = build_settings(parse_args(["--watch-timeout", "120"]))
+    assert settings.persistence.finalizer == FINALIZER
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert settings.watching.server_timeout == 120
+    assert settings.watching.client_timeout is not None and settings.watching.client_timeout > 120
+    assert settings.posting.reporting_component == "amfs-operator"
+
+
+def test_registry_wires_every_handler() -> None:
+    registry = build_registry(probe_interval=60)
+    handlers = [h.id for h in registry._changing.get_all_handlers()]
+    assert {"reconcile_memory", "finalize_memory"} <= set(handlers)
+    timers = list(registry._spawning.get_all_handlers())
+    assert [(t.id, t.interval) for t in timers] == [("reprobe", 60)]
+    assert {h.id for h in registry._indexing.get_all_handlers()} == {
+        "memory_claims", "memories_by_secret"}
+    assert [h.id for h in registry._watching.get_all_handlers()] == ["follow_source_secret"]

@@ -1,0 +1,81 @@
+"""Status logic: which condition wins, when transition times move, which events fire."""
+
+from __future__ import annotations
+
+from amfs_operator.conditions import Check, Findings, desired_status, transitions
+from amfs_operator.spec import MemoryStatus, parse_status
+
+OK = Check.passed("SecretCopied", "copied")
+BUCKET_OK = Check.passed("BucketReachable", "memory at s3://b/amfs/m/")
+CW_OK = Check.passed("Supported", "enforced")
+
+
+def status(findings: Findings, previous: MemoryStatus | None = None, now: str = "T1",
+           generation: int = 1) -> MemoryStatus:
+    return desired_status(findings, generation=generation, previous=previous or MemoryStatus(),
+                          now=now, config_map_name="m-amfs", secret_name="m-amfs-credentials")
+
+
+def test_all_good_is_ready() -> None:
+    result = status(Findings(OK, BUCKET_OK, CW_OK))
+    ready = result.condition("Ready")
+    assert ready is not None and (ready.status, ready.reason) == ("True", "Ready")
+    assert result.phase == "Ready"
+    assert [c.type for c in result.conditions] == [
+        "Ready", "CredentialsReady", "BucketReachable", "ConditionalWrites"]
+    assert all(c.observed_generation == 1 for c in result.conditions)
+
+
+def test_ready_reports_the_first_thing_to_fix() -> None:
+    missing = Check.failed("SecretNotFound", "Secret t/creds does not exist yet")
+    unknown = Check.unknown("CredentialsNotReady", "not probed")
+    result = status(Findings(missing, unknown, unknown))
+    ready = result.condition("Ready")
+    assert ready is not None and (ready.reason, ready.message) == (missing.reason, missing.message)
+    assert result.phase == "Pending"
+
+    lost = Check.failed("BucketNotFound", "no bucket")
+    assert status(Findings(OK, lost, unknown)).phase == "Failed"
+
+    blocker = Check.failed("PrefixConflict", "taken")
+    result = status(Findings(unknown, unknown, unknown, blocker=blocker))
+    assert result.condition("Ready").reason == "PrefixConflict"  # type: ignore[union-attr]
+    assert result.phase == "Failed"
+
+
+def test_conditional_writes_false_does_not_block_ready() -> None:
+    result = status(Findings(OK, BUCKET_OK, Check.failed("NotSupported", "ignored")))
+    assert result.phase == "Ready"
+
+
+def test_transition_time_moves_only_when_status_changes() -> None:
+    first = status(Findings(OK, BUCKET_OK, CW_OK), now="T1")
+    again = status(Findings(OK, BUCKET_OK, CW_OK), previous=first, now="T2", generation=2)
+    assert {c.last_transition_time for c in again.conditions} == {"T1"}
+    assert {c.observed_generation for c in again.conditions} == {2}
+
+    lost = Check.failed("BucketNotFound", "gone")
+    broken = status(Findings(OK, lost, Check.unknown("NotProbed", "-")), previous=again, now="T3")
+    times = {c.type: c.last_transition_time for c in broken.conditions}
+    assert times == {"Ready": "T3", "CredentialsReady": "T1", "BucketReachable": "T3",
+                     "ConditionalWrites": "T3"}
+
+
+def test_events_only_for_changed_conditions() -> None:
+    first = status(Findings(OK, BUCKET_OK, CW_OK))
+    events = transitions(MemoryStatus(), first)
+    assert [(e.type, e.reason) for e in events] == [
+        ("Normal", "Ready"), ("Normal", "SecretCopied"), ("Normal", "BucketReachable"),
+        ("Normal", "Supported")]
+    assert transitions(first, status(Findings(OK, BUCKET_OK, CW_OK), previous=first)) == []
+
+    lost = Check.failed("BucketNotFound", "gone")
+    broken = status(Findings(OK, lost, Check.unknown("NotProbed", "-")), previous=first)
+    assert [(e.type, e.reason) for e in transitions(first, broken)] == [
+        ("Warning", "BucketNotFound"), ("Warning", "BucketNotFound"), ("Normal", "NotProbed")]
+
+
+def test_status_round_trips_through_the_api_form() -> None:
+    first = status(Findings(OK, BUCKET_OK, CW_OK))
+    assert parse_status(first.as_dict()).as_dict() == first.as_dict()
+    assert parse_status({"conditions": [{"type": "Ready"}]}).conditions == ()  # tolerated
