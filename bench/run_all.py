@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 
-MODULES = ["bench.request_counts", "bench.sidecar_bench", "bench.operator_bench"]
+MODULES = [
+    "bench.request_counts",
+    "bench.adapter_compare",
+    "bench.propagation",
+    "bench.sidecar_bench",
+    "bench.operator_bench",
+]
+# Last, and even when a benchmark failed: RESULTS.md from every results file present.
+REPORT = "bench.report"
 
 
 def main() -> int:
-    for name in MODULES:
+    failed: list[str] = []
+    for name in [*MODULES, REPORT]:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -18,8 +28,15 @@ def main() -> int:
                 continue
             raise
         print(f"== {name}")
-        module.main()
-    return 0
+        try:
+            module.main()
+        except Exception:
+            # One broken benchmark must not hide the others' fresh figures.
+            traceback.print_exc()
+            failed.append(name)
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -2,5 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.s3",
+    "tests.fixtures.sidecar",
     "tests.fixtures.s3_proxy",
+    "tests.fixtures.kubernetes",
 ]

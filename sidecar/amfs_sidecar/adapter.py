@@ -12,6 +12,7 @@ import builtins
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -130,7 +131,8 @@ class S3Adapter(AdapterABC):
         self.writer_id = writer_id or _default_writer_id()
         self._observer = request_observer
         self._botocore_config = Config(
-            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            # total_max_attempts counts the first try too; max_attempts would not.
+            retries={"mode": retry_mode, "total_max_attempts": max_attempts},
             max_pool_connections=max(max_workers * 2, 10),
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -459,8 +461,10 @@ class S3Adapter(AdapterABC):
                 return candidate, change
             if expected is not None:
                 raise VersionConflictError(entity_path, key, expected, version)
-            # Guessing the next number is usually right; after repeated losses
-            # the field has moved on, so ask S3 where it stands.
+            # Jittered backoff spreads a crowd of writers out, so no one starves;
+            # guessing the next number is usually right, and after repeated
+            # losses the field has moved on, so ask S3 where it stands.
+            time.sleep(random.uniform(0, min(0.01 * 2 ** min(losses, 6), 0.5)))
             if losses % 3 == 0:
                 version = self.current_version(entity_path, key) + 1
             else:
@@ -471,16 +475,16 @@ class S3Adapter(AdapterABC):
 
     @staticmethod
     def _serialise(entry: MemoryEntry) -> bytes:
-        # The value must be plain JSON as given: pydantic would quietly turn NaN
-        # into null or a datetime into a string, and the entry would not read
-        # back as written.
-        try:
-            json.dumps(entry.value, allow_nan=False)
-        except (ValueError, TypeError, RecursionError) as exc:
+        # The value must be plain JSON as given: pydantic and json.dumps would
+        # quietly turn NaN into null, a datetime or a dict key 1 into a string,
+        # a tuple into a list, and the entry would not read back as written.
+        problem = json_value_problem(entry.value)
+        if problem is not None:
             raise InvalidNameError(
-                "value", f"cannot be stored as JSON: {exc}",
-                "values must be JSON: objects, arrays, strings, finite numbers, booleans, null",
-            ) from None
+                "value", f"cannot be stored as JSON: {problem}",
+                "values must be JSON: objects with string keys, arrays, strings, finite "
+                "numbers, booleans, null",
+            )
         try:
             return json.dumps(
                 entry.model_dump(mode="json"), ensure_ascii=False, allow_nan=False
@@ -740,21 +744,45 @@ class S3Adapter(AdapterABC):
     # watch
     # ------------------------------------------------------------------
 
-    def poll_journal(self, cursor: JournalCursor) -> builtins.list[Change]:
-        """New journal records since *cursor* (one LIST + one GET per new record)."""
+    def poll_journal(
+        self, cursor: JournalCursor, *, confirm: bool = True
+    ) -> builtins.list[Change]:
+        """New journal records since *cursor*: one LIST, then one GET per new record.
+
+        With ``confirm`` the returned changes count as delivered; without it the
+        caller confirms each one (``cursor.confirm``) once it has handled it. A
+        record that cannot be fetched ends the batch unconfirmed, so the next
+        poll lists it again instead of losing it.
+        """
         keys: builtins.list[str] = []
         for page in self._list(self.layout.journal_root, start_after=cursor.start_after()):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         changes: builtins.list[Change] = []
-        for journal_key in cursor.accept(keys):
-            data = self._get_json(journal_key)
-            if data is None:
-                continue
+        for journal_key in cursor.pending(keys):
             try:
-                changes.append(Change.from_record(journal_key, data))
-            except (KeyError, ValueError) as exc:
-                logger.warning("skipping malformed journal record %s: %s", journal_key, exc)
+                data = self._get_json(journal_key)
+            except (S3AccessError, AdapterError) as exc:
+                logger.warning("journal record %s not readable yet (%s); retrying next poll",
+                               journal_key, exc)
+                break
+            change = self._parse_change(journal_key, data)
+            if change is None:
+                cursor.confirm(journal_key)  # unreadable for good: never retried
+                continue
+            changes.append(change)
+            if confirm:
+                cursor.confirm(journal_key)
         return changes
+
+    @staticmethod
+    def _parse_change(journal_key: str, data: dict[str, Any] | None) -> Change | None:
+        if data is None:
+            return None
+        try:
+            return Change.from_record(journal_key, data)
+        except (KeyError, ValueError, TypeError) as exc:
+            logger.warning("skipping malformed journal record %s: %s", journal_key, exc)
+            return None
 
     def watch(
         self,
@@ -791,3 +819,34 @@ def _aware(moment: datetime) -> datetime:
 def _cites_entity(record: OutcomeRecord, entity_path: str) -> bool:
     return any(is_within(ep, entity_path) for ep, _ in cited_entries(record))
 
+
+MAX_VALUE_DEPTH = 512
+
+
+def json_value_problem(value: Any, path: str = "value", depth: int = 0) -> str | None:
+    """Why *value* would not survive a JSON round trip unchanged, or None if it would."""
+    if depth > MAX_VALUE_DEPTH:
+        return f"{path} is nested deeper than {MAX_VALUE_DEPTH} levels"
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    if isinstance(value, int):
+        return None
+    if isinstance(value, float):
+        return None if value == value and value not in (float("inf"), float("-inf")) else (
+            f"{path} is {value!r}, which JSON cannot represent"
+        )
+    if isinstance(value, list):
+        for n, item in enumerate(value):
+            problem = json_value_problem(item, f"{path}[{n}]", depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has the key {key!r}, which is not a string"
+            problem = json_value_problem(item, f"{path}[{key!r}]", depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return f"{path} is a {type(value).__name__}, which is not a JSON type"

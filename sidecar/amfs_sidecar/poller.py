@@ -109,19 +109,33 @@ class JournalCursor:
             return self.layout.journal_root
         return self.layout.journal_start_after(self.high_water_ms - self.lookback_ms)
 
-    def accept(self, keys: list[str]) -> list[str]:
-        """The keys not delivered before, in journal order; remembers them."""
-        fresh: list[str] = []
-        for key in sorted(keys):
-            name = self.layout.parse_journal_key(key)
-            if name is None or key in self.seen:
-                continue
-            if self.resume_key is not None and key <= self.resume_key:
-                continue
-            self.seen[key] = name.ms
-            fresh.append(key)
-            self.high_water_ms = max(self.high_water_ms, name.ms)
+    def pending(self, keys: list[str]) -> list[str]:
+        """The keys not yet confirmed, in journal order. Changes nothing."""
+        return [
+            key for key in sorted(keys)
+            if key not in self.seen
+            and self.layout.parse_journal_key(key) is not None
+            and (self.resume_key is None or key > self.resume_key)
+        ]
+
+    def confirm(self, journal_key: str) -> None:
+        """*journal_key* was handled: never deliver it again, and move the window on.
+
+        Only handled keys advance the high-water mark, so a record that could
+        not be handled is listed again by the next poll.
+        """
+        name = self.layout.parse_journal_key(journal_key)
+        if name is None:
+            return
+        self.seen[journal_key] = name.ms
+        self.high_water_ms = max(self.high_water_ms, name.ms)
         self._forget_old()
+
+    def accept(self, keys: list[str]) -> list[str]:
+        """Pending keys, confirmed at once (for callers that cannot fail afterwards)."""
+        fresh = self.pending(keys)
+        for key in fresh:
+            self.confirm(key)
         return fresh
 
     def mark_seen(self, journal_key: str) -> None:
@@ -194,8 +208,7 @@ class WatchLoop:
         if self._cursor is not None:
             self._cursor.mark_seen(change.journal_key)
         if entry is not None and self.running:
-            self._known_versions[(entry.entity_path, entry.key)] = entry.version
-            self._dispatch(entry)
+            self._deliver(entry)
 
     def _run(self) -> None:
         poll_interval = self._adapter.settings.poll_interval
@@ -213,36 +226,52 @@ class WatchLoop:
             self._stop.wait(poll_interval)
 
     def _poll(self) -> None:
-        assert self._cursor is not None
-        for change in self._adapter.poll_journal(self._cursor):
-            if change.kind != "write" or change.entity_path is None or change.key is None:
-                continue
-            known = self._known_versions.get((change.entity_path, change.key), 0)
-            if change.version is not None and change.version <= known:
-                continue
-            if not self._wanted(change.entity_path):
-                continue
-            entry = self._adapter.read_at_version(
-                change.entity_path, change.key, change.version or 0
-            )
-            if entry is not None:
-                self._known_versions[(entry.entity_path, entry.key)] = entry.version
-                self._dispatch(entry)
+        cursor = self._cursor
+        assert cursor is not None
+        # Confirm each change only once it is delivered: if reading an entry
+        # fails, it and everything after it are listed again by the next poll.
+        for change in self._adapter.poll_journal(cursor, confirm=False):
+            self._handle(change)
+            cursor.confirm(change.journal_key)
+
+    def _handle(self, change: Change) -> None:
+        if change.kind != "write" or change.entity_path is None or change.key is None:
+            return
+        if not change.version:
+            return
+        known = self._known_versions.get((change.entity_path, change.key), 0)
+        if change.version <= known or not self._wanted(change.entity_path):
+            return
+        entry = self._adapter.read_at_version(change.entity_path, change.key, change.version)
+        if entry is not None:
+            self._deliver(entry)
 
     def _resync(self, *, baseline: bool) -> None:
-        """Catch writers that wrote no journal: compare the listing with what was seen."""
+        """Catch writers that wrote no journal: compare the listing with what was seen.
+
+        Every version above the last one delivered is delivered, in order, so a
+        resync that runs before a journal poll (after an outage) skips nothing.
+        """
         versions = self._adapter.scan_versions()
         for (entity_path, key), numbers in versions.items():
-            newest = max(numbers)
             known = self._known_versions.get((entity_path, key))
-            self._known_versions[(entity_path, key)] = max(newest, known or 0)
-            if baseline or (known is not None and newest <= known):
+            if baseline:
+                self._known_versions[(entity_path, key)] = max(numbers)
                 continue
             if not self._wanted(entity_path):
+                self._known_versions[(entity_path, key)] = max(max(numbers), known or 0)
                 continue
-            entry = self._adapter.read_at_version(entity_path, key, newest)
-            if entry is not None:
-                self._dispatch(entry)
+            for number in numbers:
+                if number <= (known or 0):
+                    continue
+                entry = self._adapter.read_at_version(entity_path, key, number)
+                if entry is not None:
+                    self._deliver(entry)
+
+    def _deliver(self, entry: MemoryEntry) -> None:
+        key = (entry.entity_path, entry.key)
+        self._known_versions[key] = max(entry.version, self._known_versions.get(key, 0))
+        self._dispatch(entry)
 
     def _wanted(self, entity_path: str) -> bool:
         with self._lock:

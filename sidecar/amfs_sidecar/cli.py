@@ -1,0 +1,227 @@
+"""``amfs-sidecar``: parse flags (env and the AMFS YAML as fallbacks) and run the sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from amfs_sidecar import config as amfs_config
+from amfs_sidecar import logs
+from amfs_sidecar.config import S3Settings
+from amfs_sidecar.exceptions import ConfigError
+from amfs_sidecar.logs import fields
+from amfs_sidecar.server import (
+    DEFAULT_METRICS_PORT,
+    DEFAULT_SOCKET,
+    Sidecar,
+    SidecarConfig,
+    parse_listen,
+)
+
+logger = logging.getLogger("amfs_sidecar")
+
+ENV_SOCKET = "AMFS_SOCKET"
+ENV_CREDENTIALS_DIR = "AMFS_CREDENTIALS_DIR"
+ENV_METRICS_PORT = "AMFS_METRICS_PORT"
+EMBEDDED_SOCKET = "./.run/amfs.sock"
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="amfs-sidecar",
+        description="AMFS memory on S3 for the agents of one pod, over a Unix-socket HTTP API.",
+    )
+    p.add_argument("--config", type=Path, default=env.get(amfs_config.ENV_CONFIG_FILE) or None,
+                   help="AMFS YAML file (env AMFS_CONFIG); without it, AMFS_S3_* env variables")
+    p.add_argument("--credentials-dir", type=Path, default=env.get(ENV_CREDENTIALS_DIR) or None,
+                   help="mounted Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY files; "
+                        "re-read when they change (env AMFS_CREDENTIALS_DIR)")
+    p.add_argument("--socket", type=Path, default=None,
+                   help=f"Unix socket path (env AMFS_SOCKET, default {DEFAULT_SOCKET}; "
+                        f"{EMBEDDED_SOCKET} with --embedded-s3)")
+    p.add_argument("--listen", type=parse_listen, default=None, metavar="HOST:PORT",
+                   help="also serve the API on this loopback TCP address, e.g. 127.0.0.1:8741")
+    p.add_argument("--metrics-port", type=int,
+                   default=int(env.get(ENV_METRICS_PORT) or DEFAULT_METRICS_PORT),
+                   help="TCP port for /metrics, /health and /ready (env AMFS_METRICS_PORT; "
+                        "0 = any free port)")
+    p.add_argument("--metrics-host", default="0.0.0.0")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-level", default="INFO",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning",
+                            "error"))
+    p.add_argument("--poll-interval", type=float, default=None, metavar="SECONDS",
+                   help="journal poll interval (default: config, else 5)")
+    p.add_argument("--resync-interval", type=float, default=None, metavar="SECONDS",
+                   help="full resync interval (default: config, else 300)")
+    p.add_argument("--max-entry-bytes", type=int, default=1024 * 1024,
+                   help="largest serialised entry accepted (413 above it)")
+    p.add_argument("--cache-bytes", type=int, default=64 * 1024 * 1024,
+                   help="bound of the in-memory value cache")
+    p.add_argument("--drain-seconds", type=float, default=10.0,
+                   help="on SIGTERM, how long in-flight requests may take to finish")
+    p.add_argument("--read-only", action="store_true", help="refuse writes and outcomes (403)")
+    p.add_argument("--embedded-s3", action="store_true",
+                   help="start an in-memory S3 (moto) on loopback: for trying things out")
+    p.add_argument("--heartbeat-seconds", type=float, default=15.0,
+                   help="idle watch streams get a comment line this often")
+    p.add_argument("--credentials-check-seconds", type=float, default=5.0,
+                   help="how often --credentials-dir is re-read")
+    return p
+
+
+def _check_positive(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    rules: list[tuple[str, Any, bool]] = [
+        ("--max-entry-bytes", args.max_entry_bytes, args.max_entry_bytes > 0),
+        ("--cache-bytes", args.cache_bytes, args.cache_bytes >= 0),
+        ("--drain-seconds", args.drain_seconds, args.drain_seconds >= 0),
+        ("--heartbeat-seconds", args.heartbeat_seconds, args.heartbeat_seconds > 0),
+        ("--credentials-check-seconds", args.credentials_check_seconds,
+         args.credentials_check_seconds > 0),
+        ("--metrics-port", args.metrics_port, 0 <= args.metrics_port <= 65535),
+    ]
+    for flag, value, ok in rules:
+        if not ok:
+            parser.error(f"{flag} {value} is out of range")
+    for flag, value in (("--poll-interval", args.poll_interval),
+                        ("--resync-interval", args.resync_interval)):
+        if value is not None and value <= 0:
+            parser.error(f"{flag} {value} must be > 0 seconds")
+
+
+def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> S3Settings | None:
+    """Settings from --config, else env; None when --embedded-s3 is to supply them."""
+    if args.config is not None:
+        settings = amfs_config.load_amfs_yaml(args.config)
+    elif env.get(amfs_config.ENV_BUCKET) or not args.embedded_s3:
+        # Credentials in env (AWS_ACCESS_KEY_ID, ...) reach boto3 through its own chain.
+        settings = amfs_config.from_env(env)
+    else:
+        return None
+    return settings
+
+
+def with_overrides(settings: S3Settings, args: argparse.Namespace) -> S3Settings:
+    """Flags win over the config file and env."""
+    overrides = {k: v for k, v in (("poll_interval", args.poll_interval),
+                                   ("resync_interval", args.resync_interval)) if v is not None}
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[str, str]
+                   ) -> SidecarConfig:
+    socket_path = args.socket or (Path(env[ENV_SOCKET]) if env.get(ENV_SOCKET) else None)
+    if socket_path is None:
+        socket_path = Path(EMBEDDED_SOCKET if args.embedded_s3 else DEFAULT_SOCKET)
+    return SidecarConfig(
+        settings=settings,
+        socket_path=socket_path,
+        listen=args.listen,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        max_entry_bytes=args.max_entry_bytes,
+        cache_bytes=args.cache_bytes,
+        drain_seconds=args.drain_seconds,
+        read_only=args.read_only,
+        credentials_dir=args.credentials_dir,
+        credentials_check_seconds=args.credentials_check_seconds,
+        heartbeat_seconds=args.heartbeat_seconds,
+    )
+
+
+def try_commands(socket_path: Path) -> str:
+    """The three copy-paste commands printed by ``make run``."""
+    sock = str(socket_path)
+    body = ('{"entity_path": "demo/checkout", "key": "retry-pattern", '
+            '"value": {"max_retries": 3}, "agent_id": "me"}')
+    return "\n".join([
+        "Try it (in another terminal):",
+        "  # write an entry",
+        f"  curl -s --unix-socket {sock} -X POST http://localhost/api/v1/entries "
+        f"-H 'content-type: application/json' -d '{body}'",
+        "  # read it back",
+        f"  curl -s --unix-socket {sock} http://localhost/api/v1/entries/demo/checkout/retry-pattern",
+        "  # watch every change as it happens (Server-Sent Events)",
+        f"  curl -sN --unix-socket {sock} 'http://localhost/api/v1/stream?entity_path=*'",
+    ])
+
+
+async def _serve(sidecar: Sidecar, on_started: Any = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            logger.warning("second signal: exiting without draining")
+            os._exit(1)
+        logger.info("signal received", extra=fields(signal=signal.Signals(signum).name))
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await sidecar.start()
+    if on_started is not None:
+        on_started(sidecar)
+    try:
+        await stop.wait()
+    finally:
+        await sidecar.stop()
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    _check_positive(args, parser)
+    logs.configure(args.log_format, args.log_level)
+    embedded = None
+    try:
+        settings = load_settings(args, env)
+        if args.embedded_s3:
+            try:
+                from amfs_sidecar.embedded_s3 import embedded_settings, start_embedded_s3
+            except ImportError as exc:
+                raise ConfigError(
+                    f"--embedded-s3 needs moto's server ({exc.name} is missing): "
+                    "pip install 'moto[server]', or run `make run`, which installs it"
+                ) from None
+
+            print("Starting an embedded S3 server (moto, in memory) on 127.0.0.1 ...",
+                  flush=True)
+            embedded = start_embedded_s3()
+            settings = embedded_settings(embedded, settings)
+            print(f"S3 endpoint {embedded.endpoint_url}, bucket {settings.bucket!r} created.",
+                  flush=True)
+        assert settings is not None
+        config = sidecar_config(args, with_overrides(settings, args), env)
+
+        def announce(sidecar: Sidecar) -> None:
+            if not args.embedded_s3:
+                return
+            print(f"Sidecar API on unix socket {config.socket_path}"
+                  + (f", metrics on {sidecar.metrics_url}/metrics" if sidecar.metrics_url else "")
+                  + ". Ctrl-C stops both.", flush=True)
+            print(try_commands(config.socket_path), flush=True)
+
+        asyncio.run(_serve(Sidecar(config), announce))
+    except ConfigError as exc:
+        print(f"amfs-sidecar: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"amfs-sidecar: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            print("Embedded S3 stopped; its data is gone.", flush=True)
+    return 0

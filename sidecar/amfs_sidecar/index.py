@@ -1,0 +1,214 @@
+"""What the sidecar knows without asking S3.
+
+``EntryIndex`` maps (entity_path, key) to the current version (and how many
+versions exist), fed by the full scan, the journal poll and the sidecar's own
+writes. ``ValueCache`` holds serialised entries in LRU order, bounded by their
+size in bytes. Both are plain in-memory structures with a lock: the event loop
+and the worker threads share them, and no method does I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from amfs_core.models import MemoryEntry
+
+from amfs_sidecar.layout import is_within
+
+Name = tuple[str, str]
+
+
+def encode_entry(entry: MemoryEntry) -> bytes:
+    """The stored JSON form of an entry (``model_dump(mode="json")``), as bytes."""
+    return entry.model_dump_json().encode("utf-8")
+
+
+@dataclass
+class _Slot:
+    version: int
+    versions: int
+    touched: int  # the index's operation counter when this slot last moved
+
+
+class EntryIndex:
+    """(entity_path, key) → current version; counts for stats and metrics."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: dict[Name, _Slot] = {}
+        self._outcomes = 0
+        self._ops = 0
+        self._versions_total = 0
+        self.synced = False
+
+    def current(self, entity_path: str, key: str) -> int:
+        """The newest version known, 0 when the key is unknown."""
+        slot = self._slots.get((entity_path, key))
+        return slot.version if slot else 0
+
+    def observe(self, entity_path: str, key: str, version: int) -> bool:
+        """Note that *version* exists; True if it is newer than what was known."""
+        with self._lock:
+            self._ops += 1
+            slot = self._slots.get((entity_path, key))
+            if slot is None:
+                self._slots[(entity_path, key)] = _Slot(version, 1, self._ops)
+                self._versions_total += 1
+                return True
+            if version <= slot.version:
+                return False
+            slot.version = version
+            slot.versions += 1
+            slot.touched = self._ops
+            self._versions_total += 1
+            return True
+
+    def mark(self) -> int:
+        """A point in the index's history; pass it to :meth:`replace` after a scan
+        that started here, so changes made meanwhile survive the replacement."""
+        with self._lock:
+            return self._ops
+
+    def replace(
+        self, scanned: Mapping[Name, Iterable[int]], *, since: int
+    ) -> list[tuple[str, str, int]]:
+        """Adopt a full scan of entries/ and return the (entity, key, version)
+        that the scan found newer than the index knew (writers with no journal).
+
+        Keys changed after *since* (own writes, polls that overlapped the scan)
+        keep their newer state rather than going back to the scan's view.
+        """
+        newer: list[tuple[str, str, int]] = []
+        with self._lock:
+            fresh: dict[Name, _Slot] = {}
+            for name, numbers in scanned.items():
+                numbers = list(numbers)
+                if not numbers:
+                    continue
+                top = max(numbers)
+                old = self._slots.get(name)
+                if old is not None and old.touched > since and old.version >= top:
+                    fresh[name] = old
+                    continue
+                if old is None or top > old.version:
+                    newer.append((name[0], name[1], top))
+                fresh[name] = _Slot(top, len(numbers), old.touched if old else 0)
+            for name, old in self._slots.items():
+                if name not in fresh and old.touched > since:
+                    fresh[name] = old
+            self._slots = fresh
+            self._versions_total = sum(slot.versions for slot in fresh.values())
+        return newer
+
+    def set_outcomes(self, count: int) -> None:
+        with self._lock:
+            self._outcomes = count
+
+    def add_outcome(self) -> None:
+        with self._lock:
+            self._outcomes += 1
+
+    def names(
+        self, entity_path: str | None = None, *, subtree: bool = False
+    ) -> list[tuple[str, str, int]]:
+        """Current (entity, key, version), sorted; *entity_path* matches exactly
+        unless *subtree* (then it and everything below it)."""
+        with self._lock:
+            items = list(self._slots.items())
+        if entity_path in (None, "", "*"):
+            picked = items
+        elif subtree:
+            picked = [(n, s) for n, s in items if is_within(n[0], entity_path)]
+        else:
+            picked = [(n, s) for n, s in items if n[0] == entity_path]
+        return sorted((n[0], n[1], s.version) for n, s in picked)
+
+    def count(self, kind: str) -> int:
+        """Object counts by metric kind: entries, versions, outcomes."""
+        if kind == "entries":
+            return len(self._slots)
+        if kind == "versions":
+            return self._versions_total
+        if kind == "outcomes":
+            return self._outcomes
+        raise ValueError(f"unknown object kind {kind!r} (entries, versions or outcomes)")
+
+    def entity_count(self) -> int:
+        with self._lock:
+            return len({name[0] for name in self._slots})
+
+
+@dataclass(frozen=True)
+class CachedEntry:
+    entry: MemoryEntry
+    body: bytes
+
+
+class ValueCache:
+    """Current entries in LRU order, bounded by the bytes of their JSON bodies."""
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"cache size {max_bytes} must be >= 0 bytes")
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._items: OrderedDict[Name, CachedEntry] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, entity_path: str, key: str, version: int) -> CachedEntry | None:
+        """The cached entry if it is exactly *version*; counts a hit or a miss."""
+        name = (entity_path, key)
+        with self._lock:
+            item = self._items.get(name)
+            if item is None or item.entry.version != version:
+                self.misses += 1
+                return None
+            self._items.move_to_end(name)
+            self.hits += 1
+            return item
+
+    def put(self, entry: MemoryEntry, body: bytes | None = None) -> CachedEntry:
+        """Cache *entry* unless a newer version is already cached; returns what
+        is cached for its name afterwards (or the entry itself if too large)."""
+        body = encode_entry(entry) if body is None else body
+        item = CachedEntry(entry, body)
+        name = (entry.entity_path, entry.key)
+        with self._lock:
+            old = self._items.get(name)
+            if old is not None and old.entry.version > entry.version:
+                return old
+            if len(body) > self.max_bytes:
+                return item
+            if old is not None:
+                self.bytes -= len(old.body)
+            self._items[name] = item
+            self._items.move_to_end(name)
+            self.bytes += len(body)
+            while self.bytes > self.max_bytes and self._items:
+                _, evicted = self._items.popitem(last=False)
+                self.bytes -= len(evicted.body)
+                self.evictions += 1
+        return item
+
+    def peek(self, entity_path: str, key: str) -> CachedEntry | None:
+        """Whatever version is cached, without touching LRU order or counters."""
+        return self._items.get((entity_path, key))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "items": len(self._items),
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+        }

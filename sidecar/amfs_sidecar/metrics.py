@@ -1,0 +1,131 @@
+"""Every sidecar metric, defined once on the sidecar's own registry.
+
+Names and labels are DESIGN.md's. Every series also carries the constant labels
+``memory`` and ``memory_namespace`` (env ``AMFS_MEMORY_NAME`` /
+``AMFS_MEMORY_NAMESPACE``, set by the injector) so one Prometheus can tell the
+sidecars of different memories apart. Labels are bounded: routes are route
+templates, operations are S3 operation names; never entity paths or keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+ENV_MEMORY_NAME = "AMFS_MEMORY_NAME"
+ENV_MEMORY_NAMESPACE = "AMFS_MEMORY_NAMESPACE"
+
+CONST_LABELS = ("memory", "memory_namespace")
+OBJECT_KINDS = ("entries", "versions", "outcomes")
+
+# Poll lag is bounded below by the poll interval (default 5 s), so the buckets
+# reach well past it; request latency over a local socket is sub-millisecond.
+POLL_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0)
+POLL_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+REQUEST_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class SidecarMetrics:
+    """The sidecar's metrics and the few verbs that update them."""
+
+    def __init__(self, memory: str = "", memory_namespace: str = "") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._const = (memory, memory_namespace)
+        r = self.registry
+        self.poll_lag = Histogram(
+            "amfs_sidecar_poll_lag_seconds",
+            "Time from a change being written (journal timestamp) to this sidecar observing it.",
+            CONST_LABELS, buckets=POLL_LAG_BUCKETS, registry=r,
+        )
+        self.poll_duration = Histogram(
+            "amfs_sidecar_poll_duration_seconds",
+            "Duration of one journal poll, including the GETs of new journal records.",
+            CONST_LABELS, buckets=POLL_DURATION_BUCKETS, registry=r,
+        )
+        self.last_poll_success = Gauge(
+            "amfs_sidecar_last_poll_success_timestamp_seconds",
+            "Unix time of the last successful journal poll.",
+            CONST_LABELS, registry=r,
+        )
+        self.objects = Gauge(
+            "amfs_sidecar_objects",
+            "Objects known to the index: entries (current keys), versions, outcomes.",
+            (*CONST_LABELS, "kind"), registry=r,
+        )
+        self.s3_requests = Counter(
+            "amfs_sidecar_s3_requests",
+            "S3 requests made by the adapter, by operation and outcome.",
+            (*CONST_LABELS, "operation", "outcome"), registry=r,
+        )
+        self.requests = Counter(
+            "amfs_sidecar_requests",
+            "API requests served, by route template and status code.",
+            (*CONST_LABELS, "route", "code"), registry=r,
+        )
+        self.request_duration = Histogram(
+            "amfs_sidecar_request_duration_seconds",
+            "API request latency by route template (for streams: time to the first byte).",
+            (*CONST_LABELS, "route"), buckets=REQUEST_BUCKETS, registry=r,
+        )
+        self.watchers = Gauge(
+            "amfs_sidecar_watchers", "Open watch streams (SSE).", CONST_LABELS, registry=r
+        )
+        self.conditional_writes = Gauge(
+            "amfs_sidecar_conditional_writes_supported",
+            "1 if the provider honours If-None-Match on PUT (no lost updates), else 0.",
+            CONST_LABELS, registry=r,
+        )
+        # Series that must exist from the first scrape, so alerts see 0 not absence.
+        self.watchers.labels(*self._const).set(0)
+        self.last_poll_success.labels(*self._const).set(0)
+        for kind in OBJECT_KINDS:
+            self.objects.labels(*self._const, kind).set(0)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SidecarMetrics:
+        env = os.environ if env is None else env
+        return cls(env.get(ENV_MEMORY_NAME, ""), env.get(ENV_MEMORY_NAMESPACE, ""))
+
+    # -- poller ------------------------------------------------------------
+
+    def observe_poll_lag(self, seconds: float) -> None:
+        # A writer's clock ahead of ours gives a negative lag; count it as zero.
+        self.poll_lag.labels(*self._const).observe(max(seconds, 0.0))
+
+    def observe_poll_duration(self, seconds: float) -> None:
+        self.poll_duration.labels(*self._const).observe(seconds)
+
+    def mark_poll_success(self, unix_time: float) -> None:
+        self.last_poll_success.labels(*self._const).set(unix_time)
+
+    # -- index -------------------------------------------------------------
+
+    def bind_objects(self, count: Callable[[str], int]) -> None:
+        """Read object counts from *count(kind)* at scrape time (the index, never S3)."""
+        for kind in OBJECT_KINDS:
+            self.objects.labels(*self._const, kind).set_function(
+                lambda kind=kind: float(count(kind))  # type: ignore[misc]
+            )
+
+    def bind_watchers(self, count: Callable[[], int]) -> None:
+        self.watchers.labels(*self._const).set_function(lambda: float(count()))
+
+    def set_conditional_writes(self, supported: bool) -> None:
+        self.conditional_writes.labels(*self._const).set(1 if supported else 0)
+
+    # -- S3 and API --------------------------------------------------------
+
+    def count_s3_request(self, operation: str, outcome: str) -> None:
+        """The adapter's ``request_observer``."""
+        self.s3_requests.labels(*self._const, operation, outcome).inc()
+
+    def observe_request(self, route: str, code: int, seconds: float) -> None:
+        self.requests.labels(*self._const, route, str(code)).inc()
+        self.request_duration.labels(*self._const, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,253 @@
+"""Keeping the index in step with S3 and feeding the watch streams.
+
+The first full sync (bucket check, conditional-write probe, a scan of
+``entries/``, an outcome count) makes the sidecar ready. After it, a journal
+poll every ``poll_interval`` seconds costs about one LIST and turns other
+writers' changes into index updates and stream events; a full rescan every
+``resync_interval`` seconds catches writers that wrote no journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from amfs_core.evidence import cited_entries
+from amfs_core.models import MemoryEntry, OutcomeRecord
+
+from amfs_sidecar.adapter import S3Adapter
+from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
+from amfs_sidecar.layout import is_within
+from amfs_sidecar.logs import fields
+from amfs_sidecar.metrics import SidecarMetrics
+from amfs_sidecar.poller import DEFAULT_LOOKBACK_MS, Change, JournalCursor
+from amfs_sidecar.stream import Event, StreamHub
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Offload = Callable[..., Awaitable[Any]]
+
+MAX_RETRY_SECONDS = 30.0
+
+
+def write_event(change: Change, body: bytes) -> Event:
+    return Event(change.journal_key, "write", body, (change.entity_path or "",))
+
+
+def outcome_event(change: Change, record: OutcomeRecord) -> Event:
+    paths = tuple(dict.fromkeys(path for path, _ in cited_entries(record)))
+    return Event(change.journal_key, "outcome", record.model_dump_json().encode(), paths)
+
+
+class Synchronizer:
+    """Drives the index and the hub from S3: first sync, polls, resyncs."""
+
+    def __init__(
+        self,
+        adapter: S3Adapter,
+        index: EntryIndex,
+        cache: ValueCache,
+        hub: StreamHub,
+        metrics: SidecarMetrics,
+        offload: Offload,
+        *,
+        poll_interval: float,
+        resync_interval: float,
+        lookback_ms: int = DEFAULT_LOOKBACK_MS,
+    ) -> None:
+        self.adapter = adapter
+        self.index = index
+        self.cache = cache
+        self.hub = hub
+        self.metrics = metrics
+        self.offload = offload
+        self.poll_interval = poll_interval
+        self.resync_interval = resync_interval
+        self.lookback_ms = lookback_ms
+        self.cursor: JournalCursor | None = None
+        self.bucket_reachable = False
+        self.conditional_writes: bool | None = None
+        self.last_error: str | None = None
+        self.last_poll_success: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self.index.synced and self.bucket_reachable
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="amfs-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def poke(self) -> None:
+        """Poll now rather than at the end of the interval (tests, shutdown)."""
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._wake.clear()
+
+    async def _run(self) -> None:
+        delay = self.poll_interval
+        while not self.index.synced:
+            try:
+                await self.first_sync()
+            except Exception as exc:
+                self._failed("first sync", exc)
+                await self._sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+        next_resync = time.monotonic() + self.resync_interval
+        while True:
+            await self._sleep(self.poll_interval)
+            try:
+                await self.poll_once()
+                if time.monotonic() >= next_resync:
+                    await self.resync()
+                    next_resync = time.monotonic() + self.resync_interval
+            except Exception as exc:
+                self._failed("poll", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        logger.warning(f"{what} failed", extra=fields(error=self.last_error))
+
+    # -- the three kinds of sync -------------------------------------------------
+
+    async def first_sync(self) -> None:
+        """Bucket check, probe, full scan: after this the sidecar is ready."""
+        await self.offload(self.adapter.check_bucket)
+        self.bucket_reachable = True
+        self.conditional_writes = await self.offload(
+            lambda: self.adapter.conditional_writes_supported
+        )
+        self.metrics.set_conditional_writes(bool(self.conditional_writes))
+        if not self.conditional_writes:
+            logger.warning(
+                "provider ignores If-None-Match: concurrent writers may overwrite each other",
+                extra=fields(bucket=self.adapter.settings.bucket),
+            )
+        # The cursor starts before the scan, so a change made during the scan
+        # is either in the scan or in the first poll (observe() is idempotent).
+        self.cursor = JournalCursor.starting_now(
+            self.adapter.layout, _now_ms(), lookback_ms=self.lookback_ms
+        )
+        await self.resync()
+        self.index.synced = True
+        self.last_error = None
+        logger.info("first sync complete", extra=fields(
+            entries=self.index.count("entries"), versions=self.index.count("versions"),
+            outcomes=self.index.count("outcomes"), conditional_writes=self.conditional_writes,
+        ))
+
+    async def resync(self) -> None:
+        """Full scan of entries/ (LISTs only) and an outcome count."""
+        mark = self.index.mark()
+        scanned = await self.offload(self.adapter.scan_versions)
+        newer = self.index.replace(scanned, since=mark)
+        self.index.set_outcomes(await self.offload(self.adapter.count_outcomes))
+        if newer and self.index.synced:
+            # Only writers that skip the journal get here; they have no event id.
+            logger.info("resync found changes the journal did not carry",
+                        extra=fields(count=len(newer)))
+
+    async def poll_once(self) -> list[Change]:
+        """One journal poll: index updates, lag observations, stream events."""
+        if self.cursor is None:
+            return []
+        started = time.perf_counter()
+        changes: list[Change] = await self.offload(self.adapter.poll_journal, self.cursor)
+        now = time.time()
+        self.metrics.observe_poll_duration(time.perf_counter() - started)
+        for change in changes:
+            self.metrics.observe_poll_lag(now - change.written_at_ms / 1000.0)
+        await self.apply(changes)
+        self.last_poll_success = now
+        self.metrics.mark_poll_success(now)
+        self.bucket_reachable = True
+        return changes
+
+    async def apply(self, changes: list[Change]) -> None:
+        """Fold other writers' changes into the index, then into the streams."""
+        wanted: list[Change] = []
+        for change in changes:
+            if change.kind == "write" and change.entity_path and change.key and change.version:
+                self.index.observe(change.entity_path, change.key, change.version)
+                if self.hub.wants((change.entity_path,)):
+                    wanted.append(change)
+            elif change.kind == "outcome" and change.outcome_ref:
+                self.index.add_outcome()
+                if len(self.hub):
+                    wanted.append(change)
+        # The entries and outcomes behind the events are fetched concurrently,
+        # and published in journal order.
+        events = await asyncio.gather(*(self.event_for(c) for c in wanted),
+                                      return_exceptions=True)
+        for change, event in zip(wanted, events, strict=True):
+            if isinstance(event, BaseException):
+                logger.warning("change not streamed: its object could not be read", extra=fields(
+                    journal_key=change.journal_key, error=f"{type(event).__name__}: {event}"))
+            elif event is not None:
+                self.hub.publish(event)
+
+    def note_local(self, change: Change) -> None:
+        """This sidecar's own change: the poller must not report it again."""
+        if self.cursor is not None:
+            self.cursor.mark_seen(change.journal_key)
+
+    # -- events ----------------------------------------------------------------
+
+    async def event_for(self, change: Change) -> Event | None:
+        """The stream event of *change*, fetching the entry or outcome it names."""
+        if change.kind == "write":
+            assert change.entity_path and change.key and change.version
+            body = await self.entry_body(change.entity_path, change.key, change.version)
+            return None if body is None else write_event(change, body)
+        assert change.outcome_ref
+        record = await self.offload(self.adapter.get_outcome, change.outcome_ref)
+        return None if record is None else outcome_event(change, record)
+
+    async def entry_body(self, entity_path: str, key: str, version: int) -> bytes | None:
+        """JSON of exactly *version*: from the cache, else one GET (cached if current)."""
+        cached = self.cache.get(entity_path, key, version)
+        if cached is not None:
+            return cached.body
+        entry: MemoryEntry | None = await self.offload(
+            self.adapter.read_at_version, entity_path, key, version
+        )
+        if entry is None:
+            return None
+        body = encode_entry(entry)
+        if version >= self.index.current(entity_path, key):
+            self.cache.put(entry, body)
+        return body
+
+    async def replay(self, last_event_id: str, scope: str) -> list[Event]:
+        """What a stream resuming after *last_event_id* missed, from the journal."""
+        cursor = JournalCursor.resuming_after(
+            self.adapter.layout, last_event_id, lookback_ms=self.lookback_ms
+        )
+        changes: list[Change] = await self.offload(self.adapter.poll_journal, cursor)
+        # Outcomes are filtered after fetching: the record names the entities.
+        wanted = [c for c in changes
+                  if c.kind == "outcome" or is_within(c.entity_path or "", scope)]
+        events = await asyncio.gather(*(self.event_for(c) for c in wanted))
+        return [e for e in events if e is not None and e.concerns(scope)]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,90 @@
+"""Flags, env and config file resolve into one sidecar configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from amfs_sidecar import cli
+from amfs_sidecar.config import ConfigError
+from amfs_sidecar.server import parse_listen
+
+ENV = {"AMFS_S3_BUCKET": "my-bucket", "AMFS_S3_ENDPOINT": "http://minio:9000"}
+
+
+def config_for(argv: list[str], env: dict[str, str]) -> cli.SidecarConfig:
+    args = cli.build_parser(env).parse_args(argv)
+    settings = cli.load_settings(args, env)
+    assert settings is not None
+    return cli.sidecar_config(args, cli.with_overrides(settings, args), env)
+
+
+def test_env_form_with_defaults() -> None:
+    config = config_for([], ENV)
+    assert config.settings.bucket == "my-bucket"
+    assert config.settings.endpoint_url == "http://minio:9000"
+    assert config.socket_path == Path("/var/run/amfs/amfs.sock")
+    assert (config.metrics_port, config.max_entry_bytes, config.cache_bytes) == (
+        9464, 1048576, 67108864)
+    assert config.drain_seconds == 10 and config.listen is None and not config.read_only
+
+
+def test_flags_beat_env_and_the_config_file(tmp_path: Path) -> None:
+    yaml = tmp_path / "amfs.yaml"
+    yaml.write_text("namespace: prod\nlayers:\n  primary:\n    adapter: s3\n    options:\n"
+                    "      bucket: from-yaml\n      poll_interval: 7\n")
+    env = {**ENV, "AMFS_CONFIG": str(yaml), "AMFS_SOCKET": "/tmp/env.sock",
+           "AMFS_METRICS_PORT": "9999", "AMFS_CREDENTIALS_DIR": "/etc/amfs/credentials"}
+    config = config_for(["--poll-interval", "0.5", "--listen", "127.0.0.1:8741", "--read-only"],
+                        env)
+    assert (config.settings.bucket, config.settings.namespace) == ("from-yaml", "prod")
+    assert config.settings.poll_interval == 0.5
+    assert config.socket_path == Path("/tmp/env.sock")
+    assert config.metrics_port == 9999
+    assert config.credentials_dir == Path("/etc/amfs/credentials")
+    assert config.listen == ("127.0.0.1", 8741) and config.read_only
+    assert config_for(["--socket", "/x.sock"], env).socket_path == Path("/x.sock")
+
+
+def test_embedded_s3_defaults_to_the_run_directory() -> None:
+    args = cli.build_parser({}).parse_args(["--embedded-s3"])
+    assert cli.load_settings(args, {}) is None  # the embedded server supplies them
+    from amfs_sidecar.config import S3Settings
+
+    config = cli.sidecar_config(args, S3Settings(bucket="amfs-local"), {})
+    assert config.socket_path == Path("./.run/amfs.sock")
+    assert "--unix-socket .run/amfs.sock" in cli.try_commands(config.socket_path)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("127.0.0.1:8741", ("127.0.0.1", 8741)), ("localhost:1", ("localhost", 1)),
+    ("[::1]:80", ("::1", 80)),
+])
+def test_listen_accepts_loopback(value: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("0.0.0.0:8741", "not a loopback address"), ("10.0.0.1:80", "not a loopback address"),
+    ("127.0.0.1", "must be HOST:PORT"), ("127.0.0.1:http", "must be HOST:PORT"),
+])
+def test_listen_refuses_anything_else(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_listen(value)
+
+
+@pytest.mark.parametrize("argv", [["--max-entry-bytes", "0"], ["--poll-interval", "-1"],
+                                  ["--metrics-port", "70000"], ["--log-format", "xml"]])
+def test_out_of_range_flags_exit_with_usage(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                            restore_logging: None) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv, ENV)
+    assert caught.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_missing_bucket_is_one_clear_error(capsys: pytest.CaptureFixture[str],
+                                           restore_logging: None) -> None:
+    assert cli.main([], {}) == 2
+    assert "AMFS_S3_BUCKET is required" in capsys.readouterr().err

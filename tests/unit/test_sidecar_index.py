@@ -1,0 +1,86 @@
+"""The sidecar's index and byte-bounded LRU cache (pure, no I/O)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from amfs_core.models import MemoryEntry, Provenance
+
+from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
+
+
+def entry(entity: str, key: str, version: int = 1, value: object = "v") -> MemoryEntry:
+    return MemoryEntry(entity_path=entity, key=key, version=version, value=value,
+                       provenance=Provenance(agent_id="a", session_id="s",
+                                             written_at=datetime(2025, 1, 1, tzinfo=UTC)))
+
+
+def test_observe_moves_only_forward_and_counts() -> None:
+    index = EntryIndex()
+    assert index.current("a", "k") == 0
+    assert index.observe("a", "k", 1) is True
+    assert index.observe("a", "k", 3) is True
+    assert index.observe("a", "k", 2) is False  # an older version seen late changes nothing
+    assert index.observe("a", "k", 3) is False
+    assert index.current("a", "k") == 3
+    index.observe("a/b", "k", 1)
+    assert (index.count("entries"), index.count("versions")) == (2, 3)
+    assert index.entity_count() == 2
+    with pytest.raises(ValueError, match="unknown object kind"):
+        index.count("bananas")
+
+
+def test_names_exact_subtree_and_all() -> None:
+    index = EntryIndex()
+    for entity in ("a", "a/b", "ab", "c"):
+        index.observe(entity, "k", 1)
+    assert index.names("a") == [("a", "k", 1)]
+    assert index.names("a", subtree=True) == [("a", "k", 1), ("a/b", "k", 1)]
+    assert [n[0] for n in index.names(None)] == ["a", "a/b", "ab", "c"]
+    assert index.names("*") == index.names(None)
+
+
+def test_replace_adopts_a_scan_without_undoing_newer_local_changes() -> None:
+    index = EntryIndex()
+    index.observe("a", "k", 1)
+    index.observe("gone", "k", 1)
+    mark = index.mark()
+    # While the scan ran: a local write of a/k v2 and a brand-new key.
+    index.observe("a", "k", 2)
+    index.observe("fresh", "k", 1)
+    newer = index.replace({("a", "k"): [1], ("b", "k"): [1, 2, 3]}, since=mark)
+    assert newer == [("b", "k", 3)]
+    assert index.current("a", "k") == 2  # not rolled back to the scan's v1
+    assert index.current("fresh", "k") == 1  # written after the scan started: kept
+    assert index.current("gone", "k") == 0  # untouched and absent from the scan: dropped
+    assert index.count("versions") == 2 + 3 + 1
+
+
+def test_cache_serves_exact_versions_in_lru_order_within_its_byte_bound() -> None:
+    one = entry("a", "k1")
+    size = len(encode_entry(one))
+    cache = ValueCache(max_bytes=size * 2 + 10)
+    cache.put(one)
+    cache.put(entry("a", "k2"))
+    assert cache.get("a", "k1", 1) is not None  # k1 is now the most recently used
+    assert cache.get("a", "k1", 2) is None  # a different version is a miss
+    cache.put(entry("a", "k3"))
+    assert cache.peek("a", "k2") is None  # least recently used, evicted
+    assert cache.peek("a", "k1") is not None
+    assert cache.stats()["evictions"] == 1
+    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
+    assert cache.bytes <= cache.max_bytes
+
+
+def test_cache_keeps_the_newest_version_and_skips_oversized_values() -> None:
+    cache = ValueCache(max_bytes=2000)
+    cache.put(entry("a", "k", 2, "new"))
+    kept = cache.put(entry("a", "k", 1, "old"))
+    assert kept.entry.version == 2
+    big = entry("a", "big", 1, "x" * 5000)
+    assert cache.put(big).entry is big  # returned to the caller, not cached
+    assert cache.peek("a", "big") is None
+    assert len(cache) == 1
+    with pytest.raises(ValueError, match="must be >= 0"):
+        ValueCache(-1)
