@@ -39,3 +39,12 @@ class Refused(OperatorError):
         self.reason = reason
         self.message = message
         super().__init__(f"{reason}: {message}")
+
+
+class InjectionError(OperatorError, ValueError):
+    """The pod asks for something that cannot be injected; the message names the
+    annotation or field and the rule, and the pod is refused."""
+
+
+class WebhookConfigError(OperatorError, ValueError):
+    """The webhook server cannot start as configured; the message says what to fix."""

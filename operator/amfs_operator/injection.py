@@ -28,7 +28,7 @@ from typing import Any, Literal
 import jsonpatch
 
 from amfs_operator import resources
-from amfs_operator.exceptions import OperatorError, SpecError
+from amfs_operator.exceptions import InjectionError, SpecError
 from amfs_operator.spec import Memory, parse_duration, parse_memory
 
 ANNOTATION_MEMORY = "amfs.dev/memory"
@@ -63,11 +63,6 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 _QUANTITY = re.compile(
     r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$"
 )
-
-
-class InjectionError(OperatorError, ValueError):
-    """The pod asks for something that cannot be injected; the message names the
-    annotation or field and the rule, and the pod is refused."""
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from typing import Any
 import kopf
 
 from amfs_operator import injection
-from amfs_operator.exceptions import OperatorError
-from amfs_operator.injection import InjectionError, InjectionSettings
+from amfs_operator.exceptions import InjectionError, WebhookConfigError
+from amfs_operator.injection import InjectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
 
 MemoryLookup = Callable[[str, str], Mapping[str, Any] | None]
-
-
-class WebhookConfigError(OperatorError, ValueError):
-    """The webhook server cannot start as configured; the message says what to fix."""
 
 
 # ---- the handler -------------------------------------------------------------------------

@@ -25,33 +25,22 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from amfs_core.abc import AdapterABC, WatchHandle
-from amfs_core.exceptions import AdapterError, AMFSError, VersionConflictError
+from amfs_core.exceptions import AMFSError, VersionConflictError
 from amfs_core.models import MemoryEntry, OutcomeRecord, SearchQuery
 
-from amfs_sidecar.exceptions import EntryTooLargeError, InvalidNameError
+from amfs_sidecar.exceptions import (
+    EntryTooLargeError,
+    InvalidNameError,
+    SidecarReadOnlyError,
+    SidecarRequestError,
+    SidecarUnavailableError,
+)
 
 logger = logging.getLogger(__name__)
 
 ENV_SOCKET = "AMFS_SOCKET"
 DEFAULT_SOCKET = "/var/run/amfs/amfs.sock"
 PAGE_SIZE = 1000
-
-
-class SidecarUnavailableError(AdapterError):
-    """The sidecar cannot be reached, or it could not reach S3 (503)."""
-
-
-class SidecarRequestError(AMFSError, ValueError):
-    """The sidecar refused the request as malformed (400/422)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        self.status = status
-        self.detail = detail
-        super().__init__(f"sidecar refused the request (HTTP {status}): {detail}")
-
-
-class SidecarReadOnlyError(AMFSError, PermissionError):
-    """The sidecar runs with --read-only (403)."""
 
 
 class _UnixConnection(http.client.HTTPConnection):

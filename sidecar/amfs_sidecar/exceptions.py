@@ -14,6 +14,10 @@ __all__ = [
     "EntryTooLargeError",
     "InvalidNameError",
     "S3AccessError",
+    "SidecarReadOnlyError",
+    "SidecarRequestError",
+    "SidecarUnavailableError",
+    "SocketInUseError",
     "VersionConflictError",
 ]
 
@@ -51,3 +55,24 @@ class S3AccessError(AdapterError):
         self.key = key
         self.detail = detail
         super().__init__(f"S3 {operation} failed for {key!r}: {detail}")
+
+
+class SocketInUseError(ConfigError):
+    """Another live process serves the socket path, or the path is not a socket."""
+
+
+class SidecarUnavailableError(AdapterError):
+    """The sidecar cannot be reached, or it could not reach S3 (503)."""
+
+
+class SidecarRequestError(AMFSError, ValueError):
+    """The sidecar refused the request as malformed (400/422)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"sidecar refused the request (HTTP {status}): {detail}")
+
+
+class SidecarReadOnlyError(AMFSError, PermissionError):
+    """The sidecar runs with --read-only (403)."""

@@ -31,7 +31,7 @@ from amfs_sidecar.adapter import S3Adapter
 from amfs_sidecar.api import CTX, ApiContext, add_probe_routes, build_app
 from amfs_sidecar.config import S3Settings, read_credentials_dir
 from amfs_sidecar.credentials import DEFAULT_CHECK_SECONDS, CredentialsWatcher
-from amfs_sidecar.exceptions import ConfigError
+from amfs_sidecar.exceptions import ConfigError, SocketInUseError
 from amfs_sidecar.index import EntryIndex, ValueCache
 from amfs_sidecar.logs import fields
 from amfs_sidecar.metrics import SidecarMetrics
@@ -44,10 +44,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_SOCKET = "/var/run/amfs/amfs.sock"
 DEFAULT_METRICS_PORT = 9464
 SOCKET_MODE = 0o660
-
-
-class SocketInUseError(ConfigError):
-    """Another live process serves the socket path, or the path is not a socket."""
 
 
 @dataclass

@@ -32,6 +32,7 @@ import kopf
 import pytest
 
 from amfs_operator import injection, webhook
+from amfs_operator.exceptions import WebhookConfigError
 from amfs_operator.injection import InjectionSettings
 from amfs_operator.kube import Kube
 from tests.chart.certs import chart_certificate
@@ -343,7 +344,7 @@ def test_an_unreadable_memory_follows_the_failure_policy(policy: str) -> None:
 
 
 def test_a_missing_certificate_is_a_clear_start_up_error(tmp_path: Path) -> None:
-    with pytest.raises(webhook.WebhookConfigError, match=r"tls\.crt.*--webhook-cert-dir"):
+    with pytest.raises(WebhookConfigError, match=r"tls\.crt.*--webhook-cert-dir"):
         webhook.webhook_server(cert_dir=tmp_path)
 
 

@@ -10,7 +10,8 @@ import kubernetes_validate
 import pytest
 
 from amfs_operator import injection
-from amfs_operator.injection import InjectionError, InjectionSettings, inject
+from amfs_operator.exceptions import InjectionError
+from amfs_operator.injection import InjectionSettings, inject
 
 NATIVE = InjectionSettings(image="registry.example/amfs:1.2.3", mode="native")
 CONTAINER = InjectionSettings(image="registry.example/amfs:1.2.3", mode="container")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from amfs_sidecar.server import SocketInUseError, bind_unix_socket
+from amfs_sidecar.exceptions import SocketInUseError
+from amfs_sidecar.server import bind_unix_socket
 from tests.fixtures.sidecar import short_socket_dir
 
 

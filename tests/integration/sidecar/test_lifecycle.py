@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from amfs_sidecar.client import SidecarAdapter, SidecarUnavailableError
-from amfs_sidecar.server import SocketInUseError
+from amfs_sidecar.client import SidecarAdapter
+from amfs_sidecar.exceptions import SidecarUnavailableError, SocketInUseError
 from tests.fixtures.s3 import all_keys
 from tests.fixtures.sidecar import (
     SidecarFactory,
