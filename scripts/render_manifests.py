@@ -1,4 +1,4 @@
-"""Render deploy/ from the Helm chart with its default values (``make manifests``).
+"""Render deploy/ from the Helm chart (``make manifests``).
 
     python scripts/render_manifests.py deploy/           # write deploy/*.yaml
     python scripts/render_manifests.py --check deploy/   # exit 1 if deploy/ drifted
@@ -9,21 +9,18 @@ The chart is the one source: this renders it with Helm's own engine
 file per concern so ``kubectl apply -f deploy/`` applies them in order.
 deploy/examples/ is not touched.
 
-The webhook certificate is the one part Helm generates at random. An existing
-deploy/04-webhook.yaml keeps its certificate while it is still valid for the
-webhook Service and for more than 30 days, so re-rendering is reproducible;
-``--rotate-webhook-certificate`` forces a new one.
+The values are the chart's defaults except :data:`DEPLOY_VALUES`: the webhook's
+certificate comes from the operator (``webhook.certificate.source: operator``),
+which issues it at start-up in each cluster. So deploy/ holds no private key,
+everyone who applies it gets their own, and rendering is reproducible.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import datetime
 import difflib
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +32,12 @@ CHART = ROOT / "charts" / "amfs"
 RELEASE = "amfs"
 NAMESPACE = "amfs-system"
 HEADER = (
-    "# Rendered from charts/amfs with default values by scripts/render_manifests.py.\n"
-    "# Do not edit: change the chart and run `make manifests`.\n"
+    "# Rendered from charts/amfs by scripts/render_manifests.py (default values,\n"
+    "# webhook.certificate.source=operator). Do not edit: change the chart and run\n"
+    "# `make manifests`.\n"
 )
+# The webhook certificate is issued by the operator in the cluster, never rendered.
+DEPLOY_VALUES: dict[str, Any] = {"webhook": {"certificate": {"source": "operator"}}}
 NAMESPACE_FILE = "00-namespace.yaml"
 CRD_FILE = "01-crd.yaml"
 WEBHOOK_FILE = "04-webhook.yaml"
@@ -55,7 +55,6 @@ FILES: dict[str, str] = {
     "podmonitor.yaml": "06-monitoring.yaml",
     "prometheusrule.yaml": "06-monitoring.yaml",
 }
-CERT_MIN_REMAINING = datetime.timedelta(days=30)
 
 
 class RenderError(Exception):
@@ -104,87 +103,9 @@ def manifest_files(
             for name, docs in sorted(documents.items()) if docs}
 
 
-def render(directory: Path, *, rotate_certificate: bool = False) -> dict[str, str]:
-    """The files deploy/ should hold, reusing *directory*'s webhook certificate if valid."""
-    files = manifest_files(render_chart(), chart_crds())
-    previous = directory / WEBHOOK_FILE
-    if not rotate_certificate and previous.is_file() and WEBHOOK_FILE in files:
-        files[WEBHOOK_FILE] = reuse_certificate(files[WEBHOOK_FILE], previous.read_text())
-    return files
-
-
-# ---- the webhook certificate ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WebhookTLS:
-    """Base64 values as they appear in the webhook file."""
-
-    crt: str
-    key: str
-    ca: str
-    ca_bundle: str
-    dns_names: tuple[str, ...]
-
-
-def webhook_tls(text: str) -> WebhookTLS:
-    docs = [doc for doc in yaml.safe_load_all(text) if doc]
-    secret = next(d for d in docs if d["kind"] == "Secret" and d.get("type") == "kubernetes.io/tls")
-    config = next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")
-    service = config["webhooks"][0]["clientConfig"]["service"]
-    name, ns = service["name"], service["namespace"]
-    return WebhookTLS(
-        crt=secret["data"]["tls.crt"],
-        key=secret["data"]["tls.key"],
-        ca=secret["data"]["ca.crt"],
-        ca_bundle=config["webhooks"][0]["clientConfig"]["caBundle"],
-        dns_names=(name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"),
-    )
-
-
-def certificate_problems(tls: WebhookTLS, *, now: datetime.datetime | None = None) -> list[str]:
-    """Why *tls* cannot serve the webhook (empty when it can): chain, key, names, dates."""
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
-
-    now = now or datetime.datetime.now(datetime.UTC)
-    cert = x509.load_pem_x509_certificate(base64.b64decode(tls.crt))
-    ca = x509.load_pem_x509_certificate(base64.b64decode(tls.ca))
-    key = serialization.load_pem_private_key(base64.b64decode(tls.key), password=None)
-    problems = []
-    if tls.ca_bundle != tls.ca:
-        problems.append("the webhook's caBundle is not the Secret's ca.crt")
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (InvalidSignature, ValueError, TypeError) as exc:  # InvalidSignature has no text
-        problems.append(f"tls.crt is not signed by ca.crt ({type(exc).__name__})")
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    encoding = serialization.Encoding.PEM
-    if key.public_key().public_bytes(encoding, public) != \
-            cert.public_key().public_bytes(encoding, public):
-        problems.append("tls.key does not belong to tls.crt")
-    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    missing = set(tls.dns_names) - set(sans.get_values_for_type(x509.DNSName))
-    if missing:
-        problems.append(f"tls.crt does not name {', '.join(sorted(missing))}")
-    for name, c in (("tls.crt", cert), ("ca.crt", ca)):
-        if c.not_valid_after_utc - now < CERT_MIN_REMAINING:
-            problems.append(f"{name} expires on {c.not_valid_after_utc:%Y-%m-%d}")
-    return problems
-
-
-def reuse_certificate(fresh: str, previous: str) -> str:
-    """*fresh* with *previous*'s certificate, if that one is still good for the webhook."""
-    try:
-        old, new = webhook_tls(previous), webhook_tls(fresh)
-    except (StopIteration, KeyError, TypeError, yaml.YAMLError):
-        return fresh
-    if old.dns_names != new.dns_names or certificate_problems(old):
-        return fresh
-    for new_value, old_value in ((new.crt, old.crt), (new.key, old.key), (new.ca, old.ca)):
-        fresh = fresh.replace(new_value, old_value)
-    return fresh
+def render() -> dict[str, str]:
+    """The files deploy/ should hold."""
+    return manifest_files(render_chart(DEPLOY_VALUES), chart_crds())
 
 
 # ---- writing and checking ------------------------------------------------------------------
@@ -246,11 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("directory", type=Path, help="where the manifests go, e.g. deploy/")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if the directory differs from the chart")
-    parser.add_argument("--rotate-webhook-certificate", action="store_true",
-                        help="generate a new webhook certificate even if the old one is valid")
     args = parser.parse_args(argv)
     try:
-        files = render(args.directory, rotate_certificate=args.rotate_webhook_certificate)
+        files = render()
     except (RenderError, helm_python.HelmError) as exc:
         print(f"render_manifests: {exc}", file=sys.stderr)
         return 2

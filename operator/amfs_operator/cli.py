@@ -3,22 +3,32 @@
     amfs-operator                          # every namespace
     amfs-operator -n team-a -n team-b      # only these namespaces
     amfs-operator --metrics-port 9465 --health-port 8080 --log-format json
+
+The webhook's certificate is mounted (--webhook-cert-source mounted, the default: Helm,
+cert-manager or you put tls.crt and tls.key into --webhook-cert-dir), or issued by the
+operator itself at start-up (--webhook-cert-source self-signed): kept in the Secret
+--webhook-secret of --webhook-namespace, written to --webhook-cert-dir, and its CA put
+into the caBundle of the MutatingWebhookConfiguration --webhook-config-name.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import kopf
 
-from amfs_operator import metrics, webhook
+from amfs_operator import metrics, webhook, webhook_certs
+from amfs_operator.exceptions import WebhookConfigError
 from amfs_operator.handlers import build_registry
 from amfs_operator.kube import Kube
 from amfs_operator.reconcile import Runtime
@@ -33,6 +43,14 @@ DEFAULT_WEBHOOK_CERT_DIR = "/etc/amfs/webhook-certs"
 DEFAULT_PROBE_INTERVAL = 300.0
 DEFAULT_WATCH_TIMEOUT = 300.0
 FINALIZER = "amfs.dev/finalizer"
+# The chart's names for release "amfs" (what deploy/ uses).
+DEFAULT_WEBHOOK_SERVICE = "amfs-webhook"
+DEFAULT_WEBHOOK_SECRET = "amfs-webhook-tls"
+DEFAULT_WEBHOOK_CONFIG_NAME = "amfs-sidecar-injector"
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+CertSource = Literal["mounted", "self-signed"]
 
 
 @dataclass(frozen=True)
@@ -51,12 +69,31 @@ class OperatorConfig:
     # For the injection webhook (kopf's webhook server) and the sidecar it injects.
     webhook_port: int = DEFAULT_WEBHOOK_PORT  # 0: no injection webhook
     webhook_cert_dir: str = DEFAULT_WEBHOOK_CERT_DIR
+    # self-signed: the operator issues the certificate (webhook_certs) into webhook_cert_dir.
+    webhook_cert_source: CertSource = "mounted"
+    webhook_namespace: str | None = None  # the operator's own; required for self-signed
+    webhook_service: str = DEFAULT_WEBHOOK_SERVICE
+    webhook_secret: str = DEFAULT_WEBHOOK_SECRET
+    webhook_config_name: str = DEFAULT_WEBHOOK_CONFIG_NAME
+    webhook_cert_validity_days: int = webhook_certs.DEFAULT_VALIDITY_DAYS
     sidecar_image: str = DEFAULT_IMAGE
     sidecar_mode: SidecarMode = "native"
 
     @property
     def liveness(self) -> str | None:
         return f"http://{self.listen_host}:{self.health_port}/healthz" if self.health_port else None
+
+    @property
+    def webhook_target(self) -> webhook_certs.Target:
+        if not self.webhook_namespace:
+            raise WebhookConfigError(
+                "--webhook-namespace (or AMFS_OPERATOR_NAMESPACE) is required with "
+                "--webhook-cert-source self-signed"
+            )
+        return webhook_certs.Target(
+            namespace=self.webhook_namespace, service=self.webhook_service,
+            secret=self.webhook_secret, config_name=self.webhook_config_name,
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
@@ -73,13 +110,36 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     parser.add_argument("--health-port", type=int, default=DEFAULT_HEALTH_PORT,
                         help="liveness endpoint /healthz port (default %(default)s; 0 disables)")
     parser.add_argument("--listen-host", default="0.0.0.0",
-                        help="address of the metrics and health endpoints (default %(default)s)")
+                        help="address of the metrics, health and webhook endpoints "
+                             "(default %(default)s)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--webhook-port", type=int, default=DEFAULT_WEBHOOK_PORT,
                         help="HTTPS port of the sidecar-injection webhook "
                              "(default %(default)s; 0 disables)")
     parser.add_argument("--webhook-cert-dir", default=DEFAULT_WEBHOOK_CERT_DIR,
-                        help="tls.crt and tls.key of the webhook server (default %(default)s)")
+                        help="tls.crt and tls.key of the webhook server; written there with "
+                             "--webhook-cert-source self-signed (default %(default)s)")
+    parser.add_argument("--webhook-cert-source", choices=("mounted", "self-signed"),
+                        default="mounted",
+                        help="mounted: the certificate is in --webhook-cert-dir; self-signed: "
+                             "the operator issues it, keeps it in --webhook-secret and sets the "
+                             "caBundle of --webhook-config-name (default %(default)s)")
+    parser.add_argument("--webhook-namespace", default=env.get("AMFS_OPERATOR_NAMESPACE"),
+                        help="the operator's namespace, where the webhook Service and Secret "
+                             "are (env AMFS_OPERATOR_NAMESPACE; required for self-signed)")
+    parser.add_argument("--webhook-service", default=DEFAULT_WEBHOOK_SERVICE,
+                        help="the webhook's Service; the certificate names "
+                             "SERVICE.NAMESPACE.svc (default %(default)s)")
+    parser.add_argument("--webhook-secret", default=DEFAULT_WEBHOOK_SECRET,
+                        help="the Secret the operator keeps its certificate in "
+                             "(default %(default)s)")
+    parser.add_argument("--webhook-config-name", default=DEFAULT_WEBHOOK_CONFIG_NAME,
+                        help="the MutatingWebhookConfiguration whose caBundle the operator "
+                             "sets (default %(default)s)")
+    parser.add_argument("--webhook-cert-validity-days", type=int,
+                        default=webhook_certs.DEFAULT_VALIDITY_DAYS,
+                        help="validity of a certificate the operator issues; it is replaced at "
+                             "start-up once less than 30 days are left (default %(default)s)")
     parser.add_argument("--sidecar-image", default=env.get("AMFS_SIDECAR_IMAGE", DEFAULT_IMAGE),
                         help="image of the injected sidecar (env AMFS_SIDECAR_IMAGE; "
                              "default %(default)s)")
@@ -105,6 +165,8 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     args = parser.parse_args(argv)
     if args.probe_interval <= 0:
         parser.error("--probe-interval must be greater than zero")
+    for problem in _webhook_flag_problems(args):
+        parser.error(problem)
     return OperatorConfig(
         namespaces=tuple(args.namespaces),
         metrics_port=args.metrics_port,
@@ -119,9 +181,38 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
         debug=args.debug,
         webhook_port=args.webhook_port,
         webhook_cert_dir=args.webhook_cert_dir,
+        webhook_cert_source=args.webhook_cert_source,
+        webhook_namespace=args.webhook_namespace or None,
+        webhook_service=args.webhook_service,
+        webhook_secret=args.webhook_secret,
+        webhook_config_name=args.webhook_config_name,
+        webhook_cert_validity_days=args.webhook_cert_validity_days,
         sidecar_image=args.sidecar_image,
         sidecar_mode=args.sidecar_mode,
     )
+
+
+def _webhook_flag_problems(args: argparse.Namespace) -> list[str]:
+    found = []
+    names = (("--webhook-service", args.webhook_service, DNS_LABEL, 63, "a DNS label"),
+             ("--webhook-namespace", args.webhook_namespace, DNS_LABEL, 63, "a DNS label"),
+             ("--webhook-secret", args.webhook_secret, DNS_SUBDOMAIN, 253, "a DNS subdomain"),
+             ("--webhook-config-name", args.webhook_config_name, DNS_SUBDOMAIN, 253,
+              "a DNS subdomain"))
+    for flag, value, pattern, limit, kind in names:
+        if value is not None and (len(value) > limit or not pattern.match(value)):
+            found.append(f"{flag} {value!r} is not {kind} (lowercase letters, digits, '-'"
+                         f"{' and .' if pattern is DNS_SUBDOMAIN else ''}; at most {limit})")
+    if args.webhook_cert_source == "self-signed":
+        if not args.webhook_namespace:
+            found.append("--webhook-namespace (or env AMFS_OPERATOR_NAMESPACE) is required "
+                         "with --webhook-cert-source self-signed")
+        if args.webhook_cert_validity_days <= webhook_certs.MIN_REMAINING.days:
+            found.append(f"--webhook-cert-validity-days must be more than "
+                         f"{webhook_certs.MIN_REMAINING.days} (a certificate with "
+                         f"{webhook_certs.MIN_REMAINING.days} days or less left is replaced at "
+                         "every start)")
+    return found
 
 
 def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
@@ -143,6 +234,32 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     return settings
 
 
+async def setup_webhook(
+    config: OperatorConfig,
+    registry: kopf.OperatorRegistry,
+    settings: kopf.OperatorSettings,
+    kube: Kube,
+) -> None:
+    """The certificate in place (self-signed: issued or reused, and published in the
+    caBundle), then kopf's webhook server and the injection handler."""
+    if config.webhook_cert_source == "self-signed":
+        # The Kubernetes client is synchronous: keep it off the event loop.
+        await asyncio.to_thread(
+            webhook_certs.provision, kube, config.webhook_target,
+            cert_dir=config.webhook_cert_dir,
+            validity=datetime.timedelta(days=config.webhook_cert_validity_days),
+        )
+    webhook.setup(
+        registry, settings,
+        lookup=kube.get_memory,
+        port=config.webhook_port,
+        cert_dir=config.webhook_cert_dir,
+        image=config.sidecar_image,
+        mode=config.sidecar_mode,
+        addr=config.listen_host,
+    )
+
+
 async def operate(
     config: OperatorConfig,
     *,
@@ -156,16 +273,9 @@ async def operate(
              ",".join(config.namespaces) or "*", config.metrics_port, config.probe_interval)
     registry = build_registry(probe_interval=config.probe_interval)
     settings = build_settings(config)
-    if config.webhook_port:
-        webhook.setup(
-            registry, settings,
-            lookup=runtime.kube.get_memory,
-            port=config.webhook_port,
-            cert_dir=config.webhook_cert_dir,
-            image=config.sidecar_image,
-            mode=config.sidecar_mode,
-        )
     try:
+        if config.webhook_port:
+            await setup_webhook(config, registry, settings, runtime.kube)
         await kopf.operator(
             registry=registry,
             settings=settings,

@@ -21,6 +21,11 @@ class KubeError(OperatorError):
         self.detail = detail
         super().__init__(f"Kubernetes API {method} {path} failed with {status}: {detail}")
 
+    @property
+    def transient(self) -> bool:
+        """Unreachable (0), throttled or a server error: worth trying again shortly."""
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
 
 class S3ProbeError(OperatorError):
     """S3 answered a probe or a deletion with an error; ``reason`` is a condition reason."""

@@ -1,6 +1,6 @@
-"""kopf wiring only: each handler hands its object to :mod:`amfs_operator.reconcile`
-and writes back what it returns. :func:`build_registry` is the one place that says
-which event runs which handler."""
+"""kopf wiring only: each handler hands its memory to :mod:`amfs_operator.reconcile`
+and posts the events it announces as Kubernetes Events. :func:`build_registry` is the
+one place that says which event runs which handler."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 
 from amfs_operator import GROUP, PLURAL, VERSION, index, reconcile
+from amfs_operator.conditions import Event
 from amfs_operator.index import ClaimIndex, SecretIndex
 from amfs_operator.kube import connection_info
 from amfs_operator.reconcile import Outcome, Runtime
@@ -26,10 +27,10 @@ def memories_by_secret(body: kopf.Body, **_: Any) -> dict[Any, Any]:
 
 
 def reconcile_memory(
-    body: kopf.Body, patch: kopf.Patch, memo: Runtime, memory_claims: ClaimIndex, **_: Any
+    namespace: str, name: str, memo: Runtime, memory_claims: ClaimIndex, **_: Any
 ) -> None:
     """On create, update, resume and every re-probe tick."""
-    _write(body, reconcile.reconcile(memo, body, memory_claims), patch)
+    reconcile.reconcile_stored(memo, namespace, name, memory_claims, announce=_emit)
 
 
 def finalize_memory(
@@ -52,13 +53,7 @@ def follow_source_secret(
     if type is None:  # the initial listing; resume handlers cover existing memories
         return
     for memory_name in memories_by_secret.get((namespace, name), ()):
-        body = memo.kube.get_memory(namespace, memory_name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            continue
-        outcome = reconcile.reconcile(memo, body, memory_claims)
-        if outcome.changed:
-            memo.kube.patch_memory_status(namespace, memory_name, outcome.status.as_dict())
-        _emit(body, outcome)
+        reconcile.reconcile_stored(memo, namespace, memory_name, memory_claims, announce=_emit)
 
 
 def login(memo: Runtime, **_: Any) -> kopf.ConnectionInfo:
@@ -67,13 +62,13 @@ def login(memo: Runtime, **_: Any) -> kopf.ConnectionInfo:
 
 
 def _write(body: Mapping[str, Any], outcome: Outcome, patch: kopf.Patch) -> None:
+    _emit(body, outcome.events)
     if outcome.changed:
         patch.status.update(outcome.status.as_dict())
-    _emit(body, outcome)
 
 
-def _emit(body: Any, outcome: Outcome) -> None:
-    for event in outcome.events:
+def _emit(body: Any, events: list[Event]) -> None:
+    for event in events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 

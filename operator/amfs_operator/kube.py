@@ -24,6 +24,8 @@ from amfs_operator.exceptions import KubeError
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+WEBHOOK_CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 Applied = Literal["created", "updated", "unchanged"]
 
 
@@ -137,6 +139,19 @@ class Kube:
         meta = obj["metadata"]
         path = self.core_path(meta["namespace"], _plural(obj), meta["name"])
         self.request("PATCH", path, patch, content_type=MERGE_PATCH)
+
+    def replace(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """PUT the whole object; with ``metadata.resourceVersion`` set, a 409 means someone
+        else changed it since it was read."""
+        meta = obj["metadata"]
+        path = self.core_path(meta["namespace"], _plural(obj), meta["name"])
+        return self.request("PUT", path, obj)
+
+    def get_webhook_configuration(self, name: str) -> dict[str, Any] | None:
+        return self.request("GET", f"{WEBHOOK_CONFIGURATIONS}/{name}")
+
+    def patch_webhook_configuration(self, name: str, ops: list[dict[str, Any]]) -> None:
+        self.request("PATCH", f"{WEBHOOK_CONFIGURATIONS}/{name}", ops, content_type=JSON_PATCH)
 
 
 def _plural(obj: Mapping[str, Any]) -> str:

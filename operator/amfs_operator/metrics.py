@@ -14,7 +14,7 @@ from amfs_operator.spec import PHASES
 # error: an exception (the Kubernetes API failed); kopf retries it.
 RESULTS = ("success", "permanent_error", "error")
 PROBE_FAILURE_REASONS = ("BucketNotFound", "AccessDenied", "EndpointUnreachable",
-                         "CredentialsMissing", "S3Error")
+                         "S3Unavailable", "CredentialsMissing", "S3Error")
 
 RECONCILE_TOTAL = prometheus_client.Counter(
     "amfs_operator_reconcile_total",

@@ -4,7 +4,7 @@ provider honour conditional writes?
 Clients are cached per (endpoint, region, credentials): building a botocore client
 costs tens of milliseconds, and a timer re-probes every memory. Errors become
 :class:`S3ProbeError` with a condition reason (``BucketNotFound``, ``AccessDenied``,
-``EndpointUnreachable``, ``S3Error``), never a traceback in a status.
+``EndpointUnreachable``, ``S3Unavailable``, ``S3Error``), never a traceback in a status.
 """
 
 from __future__ import annotations
@@ -39,6 +39,23 @@ _DENIED = {
     "AllAccessDisabled",
 }
 _PRECONDITION = {"412", "PreconditionFailed", "409", "ConditionalRequestConflict"}
+# Server-side failures and throttling: the provider is there but not serving (usually
+# temporary). HEAD requests carry no error body, so botocore's code is the HTTP status.
+_UNAVAILABLE = {
+    "500",
+    "502",
+    "503",
+    "504",
+    "429",
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequests",
+    "RequestLimitExceeded",
+}
 
 
 @dataclass(frozen=True)
@@ -165,6 +182,11 @@ def translated(target: Target, operation: str) -> Iterator[None]:
             message = f"{where} does not exist (set createBucket: true to create it)"
         elif reason == "AccessDenied":
             message = f"{operation} on {where} was refused ({code}): check the credentials"
+        elif reason == "S3Unavailable":
+            message = (
+                f"{operation} on {where} failed: {code} (the provider is unavailable or "
+                "throttling requests; usually temporary, retried)"
+            )
         else:
             message = f"{operation} on {where} failed: {code}"
         raise S3ProbeError(reason, message) from None
@@ -193,4 +215,6 @@ def reason_of(code: str) -> str:
         return "BucketNotFound"
     if code in _DENIED:
         return "AccessDenied"
+    if code in _UNAVAILABLE:
+        return "S3Unavailable"
     return "S3Error"

@@ -1,11 +1,12 @@
 """Desired vs. observed for one AMFSMemory: children, credentials, bucket, status.
 
-Entry points (each called by a thin kopf handler): :func:`reconcile` for create,
-update, resume, the re-probe timer and source-Secret changes; :func:`finalize`
-for deletion. They return what the status should be and which events to emit;
-the handlers write it. Bad input never raises: it becomes ``Ready=False`` with a
-reason. Only infrastructure failures (the Kubernetes API itself) raise, so kopf
-retries them.
+Entry points (each called by a thin kopf handler): :func:`reconcile_stored` for
+create, update, resume, the re-probe timer and source-Secret changes — one
+reconcile per memory at a time, from the status as stored; it hands the events to
+the handler's ``announce`` and writes the status. :func:`finalize` for deletion
+returns what it did, or raises :class:`DeletionBlocked` with the status to show.
+Bad input never raises: it becomes ``Ready=False`` with a reason. Only
+infrastructure failures (the Kubernetes API itself) raise, so kopf retries them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,14 +28,19 @@ from amfs_operator.conditions import (
     desired_status,
     transitions,
 )
-from amfs_operator.exceptions import Refused, S3ProbeError, SpecError
+from amfs_operator.exceptions import KubeError, Refused, S3ProbeError, SpecError
 from amfs_operator.index import ClaimIndex, find_conflict
 from amfs_operator.kube import Applied, Kube
+from amfs_operator.locks import MemoryLocks
 from amfs_operator.probe import ClientCache, Target
 from amfs_operator.spec import Memory, MemoryStatus, parse_memory, parse_status
 from amfs_sidecar.config import ENV_ACCESS_KEY, ENV_SECRET_KEY
 
 log = logging.getLogger(__name__)
+
+# Seconds between attempts to write a status while the API is unreachable or failing
+# (about half a minute in all, as long as an API server restart takes).
+STATUS_WRITE_BACKOFFS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 @dataclass
@@ -44,6 +50,7 @@ class Runtime:
     kube: Kube
     s3: ClientCache = field(default_factory=ClientCache)
     phases: metrics.PhaseBook = field(default_factory=metrics.PhaseBook)
+    locks: MemoryLocks = field(default_factory=MemoryLocks)
     deletion_retry: float = 30.0  # seconds between attempts of a blocked deletion
 
     @staticmethod
@@ -58,6 +65,9 @@ class Outcome:
     changed: bool  # the status differs from the stored one
 
 
+Announce = Callable[[Mapping[str, Any], list[Event]], None]  # post a memory's events
+
+
 class DeletionBlocked(Exception):
     """The finalizer cannot finish yet; ``outcome`` says why in the status."""
 
@@ -68,6 +78,42 @@ class DeletionBlocked(Exception):
 
 
 # ---- reconcile ---------------------------------------------------------------------------
+
+
+def reconcile_stored(
+    rt: Runtime, namespace: str, name: str, claims: ClaimIndex, announce: Announce
+) -> None:
+    """Reconcile the memory as stored now, ``announce`` the transitions, write the status.
+
+    The body a kopf event carries can be older than a status another handler of the
+    same memory has just written; starting from it would announce the same
+    transitions twice. So: one reconcile per memory at a time, each from a fresh read.
+    Events go out before the status is written (whoever sees the new status finds its
+    events posted or on their way), and the write outlasts an API server restart, so
+    a retried handler does not announce them again. A memory that is gone or being
+    deleted is left alone.
+    """
+    with rt.locks.hold(namespace, name):
+        body = rt.kube.get_memory(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        outcome = reconcile(rt, body, claims)
+        announce(body, outcome.events)
+        if outcome.changed:
+            _write_status(rt.kube, namespace, name, outcome.status)
+
+
+def _write_status(kube: Kube, namespace: str, name: str, status: MemoryStatus) -> None:
+    for delay in (*STATUS_WRITE_BACKOFFS, None):
+        try:
+            kube.patch_memory_status(namespace, name, status.as_dict())
+            return
+        except KubeError as exc:
+            if delay is None or not exc.transient:
+                raise
+            log.warning("event=status_write_retry memory=%s/%s in=%ss error=%s",
+                        namespace, name, delay, exc)
+            time.sleep(delay)
 
 
 def reconcile(rt: Runtime, body: Mapping[str, Any], claims: ClaimIndex) -> Outcome:
@@ -268,13 +314,16 @@ def _not_probed(credentials: Check) -> tuple[Check, Check]:
 def finalize(rt: Runtime, body: Mapping[str, Any], claims: ClaimIndex) -> str:
     """Apply ``deletionPolicy``; returns what was done, or raises :class:`DeletionBlocked`."""
     meta = body.get("metadata") or {}
-    try:
-        memory = parse_memory(body)
-    except SpecError:
-        message = "the spec was invalid, so no data was ever written; nothing to delete"
-    else:
-        message = _delete_data(rt, body, memory, claims)
-    rt.phases.forget(meta.get("namespace", ""), meta.get("name", ""))
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    with rt.locks.hold(namespace, name):
+        try:
+            memory = parse_memory(body)
+        except SpecError:
+            message = "the spec was invalid, so no data was ever written; nothing to delete"
+        else:
+            message = _delete_data(rt, body, memory, claims)
+    rt.phases.forget(namespace, name)
+    rt.locks.forget(namespace, name)
     return message
 
 

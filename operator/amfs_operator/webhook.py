@@ -11,6 +11,9 @@ Wiring, from the operator's start-up (``cli.py``)::
 
 The chart owns the MutatingWebhookConfiguration (service, caBundle, selectors,
 failurePolicy), so kopf only serves: ``settings.admission.managed`` stays unset.
+The certificate in ``cert_dir`` is mounted (Helm, cert-manager, your own Secret) or,
+with ``--webhook-cert-source self-signed``, issued by the operator before this runs
+(:mod:`amfs_operator.webhook_certs`, which also sets that configuration's caBundle).
 kopf routes a request to the handler whose id is the URL path; the chart's
 ``clientConfig.service.path`` is ``/`` + :data:`HANDLER_ID`.
 """
@@ -141,7 +144,8 @@ def webhook_server(
     if missing:
         raise WebhookConfigError(
             f"webhook certificate not found: {', '.join(missing)} (mount the chart's webhook "
-            "TLS Secret there, or point --webhook-cert-dir at a directory with tls.crt and tls.key)"
+            "TLS Secret there, point --webhook-cert-dir at a directory with tls.crt and tls.key, "
+            "or let the operator issue one with --webhook-cert-source self-signed)"
         )
     return kopf.WebhookServer(addr=addr, port=port, certfile=certfile, pkeyfile=keyfile)
 

@@ -11,9 +11,9 @@ import helm_python
 import kubernetes_validate
 import pytest
 
-from amfs_operator import injection, resources, webhook
+from amfs_operator import injection, resources, webhook, webhook_certs
 from amfs_operator.cli import parse_args
-from scripts.render_manifests import CHART, NAMESPACE, WebhookTLS, certificate_problems
+from scripts.render_manifests import CHART, NAMESPACE
 from tests.chart.conftest import ALL_FEATURES, Render, find, objects
 
 # Objects the API server knows without CRDs; everything else the chart renders is
@@ -26,6 +26,11 @@ CUSTOM_KINDS = {
     ("cert-manager.io/v1", "Issuer"),
 }
 CERT_MANAGER = {"webhook": {"certificate": {"source": "certManager"}}}
+OPERATOR_ISSUED = {"webhook": {"certificate": {"source": "operator"}}}
+ALL_OPERATOR_ISSUED = {**ALL_FEATURES, "webhook": {**ALL_FEATURES["webhook"], **OPERATOR_ISSUED[
+    "webhook"]}}
+VARIANTS = [None, ALL_FEATURES, CERT_MANAGER, OPERATOR_ISSUED]
+VARIANT_IDS = ["default", "all", "cert-manager", "operator-issued"]
 KUBE_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 RECOMMENDED = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
@@ -42,8 +47,7 @@ def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 # ---- lint and schema-valid objects -------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [None, ALL_FEATURES, CERT_MANAGER], ids=["default", "all",
-                                                                           "cert-manager"])
+@pytest.mark.parametrize("values", VARIANTS, ids=VARIANT_IDS)
 def test_helm_lint_finds_nothing_to_warn_about(values: dict[str, Any] | None) -> None:
     report = helm_python.lint(CHART, values, strict=True, kube_version="v1.29.0")
 
@@ -53,8 +57,7 @@ def test_helm_lint_finds_nothing_to_warn_about(values: dict[str, Any] | None) ->
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
-@pytest.mark.parametrize("values", [None, ALL_FEATURES, CERT_MANAGER], ids=["default", "all",
-                                                                           "cert-manager"])
+@pytest.mark.parametrize("values", VARIANTS, ids=VARIANT_IDS)
 def test_every_built_in_object_is_valid_for_kubernetes(
     render: Render, values: dict[str, Any] | None, version: str
 ) -> None:
@@ -89,7 +92,8 @@ def test_every_object_carries_the_recommended_labels(all_docs: list[dict[str, An
 def test_names_fit_kubernetes_limits_for_the_longest_release_name(render: Render) -> None:
     release = "a-release-name-that-is-exactly-fifty-three-chars-long"
     assert len(release) == 53  # Helm's maximum
-    for doc in objects(render(ALL_FEATURES, name=release)):
+    for doc in objects(render(ALL_FEATURES, name=release)) + objects(
+            render(ALL_OPERATOR_ISSUED, name=release)):
         name = doc["metadata"]["name"]
         assert len(name) <= 63 and DNS_LABEL.match(name), f"{doc['kind']} name {name!r}"
 
@@ -224,15 +228,13 @@ def test_helm_generated_certificate_serves_the_webhook_service(
     secret = find(default_docs, "Secret", "amfs-webhook-tls")
     [hook] = find(default_docs, "MutatingWebhookConfiguration")["webhooks"]
     assert secret["type"] == "kubernetes.io/tls"
-    name = "amfs-webhook"
-    tls = WebhookTLS(
-        crt=secret["data"]["tls.crt"], key=secret["data"]["tls.key"],
-        ca=secret["data"]["ca.crt"], ca_bundle=hook["clientConfig"]["caBundle"],
-        dns_names=(name, f"{name}.{NAMESPACE}", f"{name}.{NAMESPACE}.svc",
-                   f"{name}.{NAMESPACE}.svc.cluster.local"),
-    )
-    assert certificate_problems(tls) == []
-    assert base64.b64decode(tls.ca).startswith(b"-----BEGIN CERTIFICATE-----")
+    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    tls = webhook_certs.from_secret(secret)
+    assert tls is not None
+    # The operator's own check: signed by the CA, the key fits, the names, > 30 days.
+    assert webhook_certs.problems(tls, webhook_certs.service_dns_names(
+        "amfs-webhook", NAMESPACE)) == []
+    assert tls.ca.startswith(b"-----BEGIN CERTIFICATE-----")
 
 
 def test_cert_manager_issues_the_certificate_and_injects_the_ca(render: Render) -> None:
@@ -272,6 +274,79 @@ def test_a_certificate_you_provide_needs_its_ca_bundle(render: Render) -> None:
         render({"webhook": {"certificate": {"source": "secret"}}})
 
 
+def test_an_operator_issued_certificate_renders_nothing_secret(render: Render) -> None:
+    docs = objects(render(OPERATOR_ISSUED))
+    text = "\n".join(render(OPERATOR_ISSUED).values())
+
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert "PRIVATE KEY" not in text and "BEGIN CERTIFICATE" not in text
+    [hook] = find(docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert "caBundle" not in hook["clientConfig"]  # the operator sets it
+    # Everything else of the webhook is what the default rendering has.
+    [default_hook] = find(objects(render()), "MutatingWebhookConfiguration")["webhooks"]
+    default_hook["clientConfig"].pop("caBundle")
+    assert hook == default_hook
+
+
+def test_the_operator_is_told_where_to_keep_and_publish_its_certificate(render: Render) -> None:
+    values = {"fullnameOverride": "agents-amfs", "webhook": {"certificate": {
+        "source": "operator", "validityDays": 90, "secretName": "injector-tls"}}}
+    docs = objects(render(values, namespace="platform"))
+    container = operator_container(docs)
+
+    config = parse_args(container["args"][1:])
+
+    assert config.webhook_cert_source == "self-signed"
+    assert config.webhook_target == webhook_certs.Target(
+        namespace="platform",
+        service=find(docs, "Service", "agents-amfs-webhook")["metadata"]["name"],
+        secret="injector-tls",
+        config_name=find(docs, "MutatingWebhookConfiguration")["metadata"]["name"],
+    )
+    assert config.webhook_cert_validity_days == 90
+    [hook] = find(docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["clientConfig"]["service"]["name"] == config.webhook_service
+    # The operator writes the files: a writable in-memory emptyDir (the root fs is read-only).
+    mount = next(m for m in container["volumeMounts"]
+                 if m["mountPath"] == config.webhook_cert_dir)
+    assert not mount.get("readOnly")
+    volumes = {v["name"]: v for v in find(docs, "Deployment")["spec"]["template"]["spec"][
+        "volumes"]}
+    assert volumes[mount["name"]]["emptyDir"]["medium"] == "Memory"
+
+
+def test_operator_issued_certificates_get_exactly_one_secret_and_one_webhook(
+    render: Render,
+) -> None:
+    docs = objects(render(ALL_OPERATOR_ISSUED))
+    role = find(docs, "Role", "amfs-operator-webhook-tls")
+    config_role = find(docs, "ClusterRole", "amfs-operator-webhook-config")
+
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["amfs-webhook-tls"],
+         "verbs": ["get", "update"]},
+    ]
+    assert config_role["rules"] == [
+        {"apiGroups": ["admissionregistration.k8s.io"],
+         "resources": ["mutatingwebhookconfigurations"],
+         "resourceNames": ["amfs-sidecar-injector"], "verbs": ["get", "patch"]},
+    ]
+    service_account = {"kind": "ServiceAccount", "name": "amfs-operator", "namespace": NAMESPACE}
+    binding = find(docs, "RoleBinding", "amfs-operator-webhook-tls")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert (binding["roleRef"]["kind"], binding["subjects"]) == ("Role", [service_account])
+    cluster_binding = find(docs, "ClusterRoleBinding", "amfs-operator-webhook-config")
+    assert cluster_binding["roleRef"]["name"] == "amfs-operator-webhook-config"
+    assert cluster_binding["subjects"] == [service_account]
+    # Other certificate sources grant none of it.
+    for values in (None, CERT_MANAGER):
+        kinds = {(d["kind"], d["metadata"]["name"]) for d in objects(render(values))}
+        assert ("Role", "amfs-operator-webhook-tls") not in kinds
+        assert ("ClusterRole", "amfs-operator-webhook-config") not in kinds
+
+
 # ---- RBAC -----------------------------------------------------------------------------------
 
 
@@ -279,13 +354,19 @@ def rules(docs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return list(find(docs, "ClusterRole", name)["rules"])
 
 
-def test_rbac_grants_no_wildcards_and_no_secret_deletion(all_docs: list[dict[str, Any]]) -> None:
-    for role in [d for d in all_docs if d["kind"] in {"ClusterRole", "Role"}]:
+def test_rbac_grants_no_wildcards_and_no_secret_deletion(
+    all_docs: list[dict[str, Any]], render: Render,
+) -> None:
+    docs = all_docs + objects(render(ALL_OPERATOR_ISSUED))
+    for role in [d for d in docs if d["kind"] in {"ClusterRole", "Role"}]:
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], f"{role['metadata']['name']}: {rule}"
             if "secrets" in rule["resources"]:
-                assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "patch"}
+                # update only of the operator's own certificate Secret, named.
+                allowed = {"get", "list", "watch", "create", "patch"} | (
+                    {"update"} if rule.get("resourceNames") else set())
+                assert set(rule["verbs"]) <= allowed, f"{role['metadata']['name']}: {rule}"
 
 
 def test_cluster_wide_by_default_and_per_namespace_when_listed(

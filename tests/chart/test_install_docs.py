@@ -9,7 +9,9 @@ from typing import Any
 import helm_python
 import yaml
 
-from amfs_operator import injection
+from amfs_operator import injection, webhook_certs
+from amfs_operator.cli import parse_args
+from scripts import render_manifests as rm
 from scripts.render_manifests import CHART
 from tests.chart.conftest import ALL_FEATURES, DEPLOY, ROOT, Render, find, objects
 
@@ -92,7 +94,24 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def test_files_and_commands_the_doc_points_to_exist() -> None:
     for path in set(re.findall(r"\b((?:deploy|charts|scripts)/[\w./-]*\w)", DOC)):
         assert (ROOT / path).exists(), path
-    assert "--rotate-webhook-certificate" in (ROOT / "scripts" / "render_manifests.py").read_text()
+
+
+def test_the_kubectl_path_says_how_deploy_gets_its_certificate(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    kubectl = DOC[DOC.index("### With kubectl"):]
+    kubectl = kubectl[:kubectl.index("\n### ", 1)]
+    source = rm.DEPLOY_VALUES["webhook"]["certificate"]["source"]
+    assert f"`webhook.certificate.source={source}`" in kubectl
+    deploy = [d for p in sorted(DEPLOY.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
+              if d]
+    args = find(deploy, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    config = parse_args(args[1:])
+    for name in (config.webhook_secret, config.webhook_namespace, config.webhook_config_name):
+        assert f"`{name}`" in kubectl
+    assert f"less than {webhook_certs.MIN_REMAINING.days} days" in kubectl
+    assert "PRIVATE KEY" not in "".join(p.read_text() for p in DEPLOY.glob("*.yaml"))
+    assert find(default_docs, "Secret", config.webhook_secret)  # Helm's default: unchanged
 
 
 def test_names_in_the_doc_are_the_rendered_names(default_docs: list[dict[str, Any]]) -> None:

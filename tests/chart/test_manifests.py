@@ -1,8 +1,8 @@
-"""deploy/ is the chart rendered with default values, and stays so."""
+"""deploy/ is the chart rendered with default values (the webhook certificate issued by the
+operator), and stays so."""
 
 from __future__ import annotations
 
-import datetime
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from amfs_operator.cli import parse_args
 from scripts import render_manifests as rm
-from tests.chart.conftest import DEPLOY
+from tests.chart.conftest import DEPLOY, find
 
 
 def deploy_objects() -> list[dict[str, Any]]:
@@ -21,7 +22,7 @@ def deploy_objects() -> list[dict[str, Any]]:
 
 
 def test_deploy_matches_a_fresh_render_of_the_chart() -> None:
-    diffs = rm.drift(DEPLOY, rm.render(DEPLOY))
+    diffs = rm.drift(DEPLOY, rm.render())
     assert not diffs, "deploy/ differs from charts/amfs; run `make manifests`:\n" + \
         "\n".join(diffs)[:4000]
 
@@ -33,7 +34,7 @@ def test_deploy_holds_the_crd_rbac_operator_and_webhook_in_apply_order() -> None
     kinds = [doc["kind"] for doc in deploy_objects()]
     assert kinds.index("Namespace") < kinds.index("CustomResourceDefinition") < \
         kinds.index("ServiceAccount") < kinds.index("Deployment")
-    assert {"ClusterRole", "ClusterRoleBinding", "Service", "Secret",
+    assert {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service",
             "MutatingWebhookConfiguration"} <= set(kinds)
     for doc in deploy_objects():
         if doc["kind"] not in {"Namespace", "CustomResourceDefinition", "ClusterRole",
@@ -52,9 +53,26 @@ def test_every_object_in_deploy_is_valid(version: str) -> None:
         kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_the_webhook_certificate_in_deploy_serves_the_webhook_service() -> None:
-    tls = rm.webhook_tls((DEPLOY / rm.WEBHOOK_FILE).read_text())
-    assert rm.certificate_problems(tls) == []
+def test_no_file_in_deploy_holds_a_private_key() -> None:
+    rendered = sorted(DEPLOY.rglob("*.yaml"))
+    assert len(rendered) > 6  # deploy/ and deploy/examples/
+    for path in rendered:
+        assert "PRIVATE KEY" not in path.read_text(), path
+    assert not [doc for doc in deploy_objects() if doc["kind"] == "Secret"]
+
+
+def test_the_operator_in_deploy_issues_the_webhook_certificate() -> None:
+    docs = deploy_objects()
+    [container] = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    config = parse_args(container["args"][1:])
+    [hook] = find(docs, "MutatingWebhookConfiguration")["webhooks"]
+
+    assert config.webhook_cert_source == "self-signed"
+    assert config.webhook_config_name == \
+        find(docs, "MutatingWebhookConfiguration")["metadata"]["name"]
+    assert (config.webhook_service, config.webhook_namespace) == (
+        hook["clientConfig"]["service"]["name"], hook["clientConfig"]["service"]["namespace"])
+    assert "caBundle" not in hook["clientConfig"]
 
 
 # ---- the renderer -----------------------------------------------------------------------------
@@ -74,36 +92,15 @@ def test_check_mode_passes_after_rendering_and_fails_on_a_hand_edit(rendered_dir
     operator.write_text(operator.read_text().replace("replicas: 1", "replicas: 3"))
     assert rm.main(["--check", str(rendered_dir)]) == 1
     (rendered_dir / "02-rbac.yaml").unlink()
-    assert any("02-rbac.yaml" in d for d in rm.drift(rendered_dir, rm.render(rendered_dir)))
+    assert any("02-rbac.yaml" in d for d in rm.drift(rendered_dir, rm.render()))
 
     assert rm.main([str(rendered_dir)]) == 0
     assert rm.main(["--check", str(rendered_dir)]) == 0
 
 
-def test_re_rendering_keeps_a_valid_certificate_and_rotating_replaces_it(
-    rendered_dir: Path,
-) -> None:
-    before = (rendered_dir / rm.WEBHOOK_FILE).read_text()
-
-    assert rm.render(rendered_dir)[rm.WEBHOOK_FILE] == before
-
-    rotated = rm.render(rendered_dir, rotate_certificate=True)[rm.WEBHOOK_FILE]
-    assert rotated != before
-    assert rm.certificate_problems(rm.webhook_tls(rotated)) == []
-
-
-def test_a_certificate_close_to_expiry_or_for_another_service_is_replaced(
-    rendered_dir: Path,
-) -> None:
-    text = (rendered_dir / rm.WEBHOOK_FILE).read_text()
-    tls = rm.webhook_tls(text)
-    in_ten_years = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3650)
-    assert any("expires" in p for p in rm.certificate_problems(tls, now=in_ten_years))
-
-    other_service = text.replace("amfs-webhook", "other-webhook")
-    assert rm.reuse_certificate(text, other_service) == text  # not reused
-    fresh = rm.render(rendered_dir, rotate_certificate=True)[rm.WEBHOOK_FILE]
-    assert rm.reuse_certificate(fresh, text) == text  # still valid: reused
+def test_rendering_is_reproducible(rendered_dir: Path) -> None:
+    # Nothing is generated at random any more: no certificate to carry over.
+    assert rm.render() == {p.name: p.read_text() for p in rendered_dir.glob("*.yaml")}
 
 
 def test_a_template_without_a_place_in_deploy_is_an_error() -> None:
@@ -119,7 +116,7 @@ def test_examples_are_left_alone_and_stale_rendered_files_removed(rendered_dir: 
     own = rendered_dir / "README.yaml"
     own.write_text("# mine\n")
 
-    changed = rm.write(rendered_dir, rm.render(rendered_dir))
+    changed = rm.write(rendered_dir, rm.render())
 
     assert changed == ["07-old.yaml"] and not stale.exists()
     assert own.exists() and sorted(p.name for p in examples.iterdir()) == sorted(

@@ -129,6 +129,9 @@ BAD_VALUES = [
     ({"webhook": {"certificate": {"source": "vault"}}}, "/webhook/certificate/source", "helm"),
     ({"webhook": {"certificate": {"source": "secret"}}}, "/webhook/certificate/caBundle",
      "minLength"),
+    # The operator replaces a certificate with 30 days or less left: at every start.
+    ({"webhook": {"certificate": {"source": "operator", "validityDays": 30}}},
+     "/webhook/certificate/validityDays", "minimum"),
     ({"metrics": {"podMonitor": {"interval": "often"}}}, "/metrics/podMonitor/interval",
      "does not match"),
     ({"metrics": {"prometheusRule": {"alerts": {"s3ErrorRateHigh": {"threshold": 5}}}}},

@@ -8,6 +8,7 @@ import logging
 import re
 from typing import Any
 
+import botocore.exceptions
 import pytest
 
 from amfs_operator.probe import PROBE_DIR
@@ -102,8 +103,12 @@ def test_create_becomes_ready_with_owned_children(
     # The conditional-write probe cleaned up after itself.
     assert not [k for k in all_keys(s3_client, bucket) if PROBE_DIR in k]
 
-    events = cluster.events(ns)
-    assert {e["reason"] for e in events} >= {"Ready", "SecretCopied", "BucketReachable"}
+    def transition_events() -> list[dict[str, Any]] | None:
+        found = cluster.events(ns)
+        reasons = {e["reason"] for e in found}
+        return found if reasons >= {"Ready", "SecretCopied", "BucketReachable"} else None
+
+    events = cluster.wait_for("the transition events", transition_events)
     assert all(e["involvedObject"]["uid"] == created["metadata"]["uid"] for e in events)
     # No secret value anywhere a person or a log shipper can read.
     readable = json.dumps([status, events, config_map]) + caplog.text
@@ -220,8 +225,10 @@ def test_provider_ignoring_conditional_writes_is_shown(
     cluster.create_memory(ns, "mem", memory_spec(bucket, fault_proxy.url))
     body = cluster.wait_condition(ns, "mem", "ConditionalWrites", "False", "NotSupported")
     assert condition(body, "Ready")["status"] == "True"  # usable, with a warning
-    warnings = [e for e in cluster.events(ns) if e["reason"] == "NotSupported"]
-    assert warnings and warnings[0]["type"] == "Warning"
+    # Events are posted asynchronously: await the one this transition owes.
+    warnings = cluster.wait_for("the NotSupported event", lambda: [
+        e for e in cluster.events(ns) if e["reason"] == "NotSupported"])
+    assert warnings[0]["type"] == "Warning"
 
 
 def test_prefix_conflict_across_namespaces(
@@ -377,7 +384,17 @@ def test_reprobe_timer_notices_a_deleted_bucket(
     cluster.create_memory(ns, "mem", memory_spec(name, s3_endpoint))
     cluster.wait_condition(ns, "mem", "Ready", "True")
 
-    s3_client.delete_bucket(Bucket=name)
+    def deleted() -> bool:
+        # The timer's probe object may be in the bucket for a moment.
+        try:
+            s3_client.delete_bucket(Bucket=name)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response["Error"]["Code"] != "BucketNotEmpty":
+                raise
+            return False
+        return True
+
+    cluster.wait_for("the bucket to be deleted between two probes", deleted)
     cluster.wait_condition(ns, "mem", "BucketReachable", "False", "BucketNotFound", timeout=10)
 
 
