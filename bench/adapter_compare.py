@@ -13,17 +13,12 @@ adapter actually kept.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -34,7 +29,7 @@ from amfs_core.models import MemoryEntry, OutcomeRecord, OutcomeType, Provenance
 from amfs_s3.adapter import S3Adapter as UpstreamAdapter
 
 from amfs_sidecar import S3Adapter
-from bench.common import RequestCounter, free_port, new_bucket, write_result
+from bench.common import RequestCounter, moto_process, new_bucket, write_result
 
 COMMAND = ".venv/bin/python -m bench.adapter_compare"
 PREFIX = "amfs/"
@@ -57,35 +52,6 @@ class Adapter(Protocol):
     def list(self, entity_path: str | None = None) -> list[MemoryEntry]: ...
     def commit_outcome(self, record: OutcomeRecord) -> list[MemoryEntry]: ...
     def close(self) -> None: ...
-
-
-@contextmanager
-def moto_process() -> Iterator[str]:
-    """A moto server in its own process: an in-process server would share the
-    GIL with the adapters' threads and charge its own CPU to their timings."""
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def entry(entity_path: str, key: str, value: object) -> MemoryEntry:

@@ -1,4 +1,4 @@
-"""Shared pieces for benchmarks: an embedded moto server, machine info, result files."""
+"""Shared pieces for benchmarks: moto servers, machine info, result files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import logging
 import os
 import platform
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -65,6 +68,35 @@ def moto_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@contextmanager
+def moto_process() -> Iterator[str]:
+    """A moto server in its own process: an in-process server would share the
+    GIL with the code under test and charge its own CPU to the timings."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def new_bucket(endpoint: str) -> str:

@@ -36,8 +36,8 @@ from amfs_sidecar import S3Adapter
 from amfs_sidecar.config import DEFAULT_POLL_INTERVAL, DEFAULT_RESYNC_INTERVAL
 from amfs_sidecar.layout import Layout
 from amfs_sidecar.poller import JournalCursor
-from bench.adapter_compare import OURS, PREFIX, UPSTREAM, entry, moto_process, percentile
-from bench.common import RequestCounter, new_bucket, write_result
+from bench.adapter_compare import OURS, PREFIX, UPSTREAM, entry, percentile
+from bench.common import RequestCounter, moto_process, new_bucket, write_result
 
 COMMAND = ".venv/bin/python -m bench.propagation"
 REPO = Path(__file__).resolve().parent.parent

@@ -761,10 +761,15 @@ class S3Adapter(AdapterABC):
         for journal_key in cursor.pending(keys):
             try:
                 data = self._get_json(journal_key)
-            except (S3AccessError, AdapterError) as exc:
+            except S3AccessError as exc:
                 logger.warning("journal record %s not readable yet (%s); retrying next poll",
                                journal_key, exc)
                 break
+            except AdapterError as exc:
+                # Not JSON: no retry can fix it, and waiting would stall every poller.
+                logger.warning("skipping malformed journal record %s: %s", journal_key, exc)
+                cursor.confirm(journal_key)
+                continue
             change = self._parse_change(journal_key, data)
             if change is None:
                 cursor.confirm(journal_key)  # unreadable for good: never retried

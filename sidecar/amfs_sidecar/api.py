@@ -11,11 +11,13 @@ import asyncio
 import base64
 import binascii
 import builtins
+import contextlib
 import json
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -60,6 +62,31 @@ class ReadOnlyError(ApiError):
         super().__init__(403, "this sidecar is read-only (--read-only): writes are refused")
 
 
+class KeyLocks:
+    """An asyncio lock per (entity_path, key), kept only while someone holds or
+    waits for it, so the registry never outgrows the writes in flight."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(name, (asyncio.Lock(), 0))
+        self._locks[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[name]
+            if users == 1:
+                del self._locks[name]
+            else:
+                self._locks[name] = (lock, users - 1)
+
+
 @dataclass
 class ApiContext:
     """Everything the handlers share; built once by the server."""
@@ -76,6 +103,7 @@ class ApiContext:
     heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
     version: str = "0.1.0"
     draining: bool = False
+    write_locks: KeyLocks = field(default_factory=KeyLocks)
 
 
 CTX = web.AppKey("amfs_ctx", ApiContext)
@@ -162,17 +190,57 @@ def _query(request: web.Request, model: type[M]) -> M:
     return model.model_validate(dict(request.query))
 
 
+# A JSON escape of a UTF-16 surrogate, or one encoded as UTF-8 bytes (json.loads
+# decodes with surrogatepass): only then can a parsed string hold a lone one.
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         raise ApiError(400, "request body is required (a JSON object)")
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body does not match
+        reason = " ".join(str(exc).split()).removeprefix("400, message: ")
+        raise ApiError(400, f"request body could not be read: {reason}") from None
     try:
         data = json.loads(raw)
     except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is not valid JSON: it nests arrays or objects deeper "
+                            "than the parser allows (about 1,000 levels)") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, not {type(data).__name__}")
+    if _ESCAPED_SURROGATE.search(raw):
+        where = _lone_surrogate(data)
+        if where is not None:
+            raise ApiError(400, f"{where} holds a lone UTF-16 surrogate, which is not a "
+                                "character (strings must be valid Unicode: surrogates only in "
+                                "pairs)", field=where)
     return data
+
+
+def _lone_surrogate(data: Any) -> str | None:
+    """Where in *data* a string (or object key) holds an unpaired surrogate, or None.
+
+    Iterative: the body may nest as deep as the JSON parser allowed.
+    """
+    stack: list[tuple[str, Any]] = [("body", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return where
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if _SURROGATE.search(key):
+                    return f"{where} key {key!r}"
+                stack.append((f"{where}.{key}" if where == "body" else f"{where}[{key!r}]", item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{n}]", item) for n, item in enumerate(value))
+    return None
 
 
 def _entry_name(request: web.Request) -> tuple[str, str]:
@@ -207,8 +275,10 @@ def _decode_cursor(cursor: str) -> tuple[str, str, int]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         entity_path, key, version = json.loads(raw)
         return str(entity_path), str(key), int(version)
-    except (binascii.Error, ValueError, TypeError) as exc:
+    except (binascii.Error, ValueError, TypeError, OverflowError) as exc:
         raise ApiError(400, f"cursor {cursor!r} is not a cursor this API returned: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, f"cursor {cursor!r} is not a cursor this API returned") from None
 
 
 # -- health --------------------------------------------------------------------
@@ -299,12 +369,16 @@ async def write_entry(request: web.Request) -> web.Response:
     validate_entity_path(entry.entity_path)
     validate_key(entry.key)
     _check_size(encode_entry(entry), ctx.max_entry_bytes)
-    written, change = await ctx.offload(ctx.adapter.write_with_change, entry)
-    body = encode_entry(written)
-    ctx.index.observe(written.entity_path, written.key, written.version)
-    ctx.cache.put(written, body)
-    ctx.sync.note_local(change)
-    ctx.hub.publish(write_event(change, body))
+    # One write per key at a time from this sidecar: its versions then reach the
+    # streams in order (concurrent writes would publish 14 before 13), and they
+    # do not race each other for the next version number on S3.
+    async with ctx.write_locks.hold((entry.entity_path, entry.key)):
+        written, change = await ctx.offload(ctx.adapter.write_with_change, entry)
+        body = encode_entry(written)
+        ctx.index.observe(written.entity_path, written.key, written.version)
+        ctx.cache.put(written, body)
+        ctx.sync.note_local(change)
+        ctx.hub.publish(write_event(change, body))
     logger.info("write", extra=fields(entity_path=written.entity_path, key=written.key,
                                       version=written.version, bytes=len(body)))
     return web.Response(body=body, status=201, content_type="application/json")

@@ -20,7 +20,7 @@ from amfs_core.models import (
     Provenance,
     SearchQuery,
 )
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 
 class _Body(BaseModel):
@@ -77,6 +77,14 @@ class EntryWriteRequest(_Body):
     """
 
     entry: MemoryEntry
+
+    @field_validator("entry")
+    @classmethod
+    def _version_from_one(cls, entry: MemoryEntry) -> MemoryEntry:
+        if entry.version < 1:
+            raise ValueError(f"version {entry.version} is not allowed (versions start at 1; "
+                             "1 means last-writer-wins, N > 1 the version to create)")
+        return entry
 
 
 class SearchRequest(_Body):

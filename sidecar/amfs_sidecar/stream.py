@@ -142,8 +142,9 @@ async def serve_stream(
 
     The subscription starts before the replay so nothing written meanwhile
     falls between the two; ids sent by the replay are not sent again live.
-    Live events are always new to the client: they were published after it
-    subscribed, so only the replay needs the Last-Event-ID comparison.
+    A resumed stream also skips live events at or before its Last-Event-ID,
+    as the replay does: a sidecar that just started polls its look-back
+    window, which may hold changes the client had from the sidecar before.
     """
     sub = hub.subscribe(scope)
     try:
@@ -173,7 +174,7 @@ async def serve_stream(
                 continue
             if event is None:
                 break
-            if event.id in sent:
+            if event.id in sent or (last_event_id is not None and event.id <= last_event_id):
                 continue
             await response.write(event.encode())
         if sub.overflowed:

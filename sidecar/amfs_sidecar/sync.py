@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from amfs_core.evidence import cited_entries
 from amfs_core.models import MemoryEntry, OutcomeRecord
 
 from amfs_sidecar.adapter import S3Adapter
+from amfs_sidecar.exceptions import AdapterError, S3AccessError
 from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
 from amfs_sidecar.layout import is_within
 from amfs_sidecar.logs import fields
@@ -120,6 +122,9 @@ class Synchronizer:
                     await self.resync()
                     next_resync = time.monotonic() + self.resync_interval
             except Exception as exc:
+                # The poll is the sidecar's heartbeat to S3: when it fails after
+                # the client's retries, /ready says so until a poll succeeds again.
+                self.bucket_reachable = False
                 self._failed("poll", exc)
 
     def _failed(self, what: str, exc: Exception) -> None:
@@ -166,43 +171,75 @@ class Synchronizer:
                         extra=fields(count=len(newer)))
 
     async def poll_once(self) -> list[Change]:
-        """One journal poll: index updates, lag observations, stream events."""
-        if self.cursor is None:
+        """One journal poll: index updates, lag observations, stream events.
+
+        Returns the changes handled; a change whose object could not be read
+        is left for the next poll, with everything after it.
+        """
+        cursor = self.cursor
+        if cursor is None:
             return []
         started = time.perf_counter()
-        changes: list[Change] = await self.offload(self.adapter.poll_journal, self.cursor)
+        changes: list[Change] = await self.offload(
+            functools.partial(self.adapter.poll_journal, cursor, confirm=False)
+        )
         now = time.time()
         self.metrics.observe_poll_duration(time.perf_counter() - started)
-        for change in changes:
+        handled = await self.apply(changes)
+        for change in handled:
             self.metrics.observe_poll_lag(now - change.written_at_ms / 1000.0)
-        await self.apply(changes)
         self.last_poll_success = now
+        self.last_error = None
         self.metrics.mark_poll_success(now)
         self.bucket_reachable = True
-        return changes
+        return handled
 
-    async def apply(self, changes: list[Change]) -> None:
-        """Fold other writers' changes into the index, then into the streams."""
-        wanted: list[Change] = []
+    async def apply(self, changes: list[Change]) -> list[Change]:
+        """Fold other writers' changes into the index, then into the streams.
+
+        Each change is confirmed on the cursor only after its event is
+        published, in journal order. The first one whose entry or outcome could
+        not be fetched (S3 failing) ends the batch, so it and every later change
+        are listed again by the next poll; the hub drops ids it has published
+        already, so a change handed over twice still reaches each stream once.
+        """
+        wanted: dict[str, Change] = {}
         for change in changes:
             if change.kind == "write" and change.entity_path and change.key and change.version:
                 self.index.observe(change.entity_path, change.key, change.version)
                 if self.hub.wants((change.entity_path,)):
-                    wanted.append(change)
-            elif change.kind == "outcome" and change.outcome_ref:
-                self.index.add_outcome()
-                if len(self.hub):
-                    wanted.append(change)
+                    wanted[change.journal_key] = change
+            elif change.kind == "outcome" and change.outcome_ref and len(self.hub):
+                wanted[change.journal_key] = change
         # The entries and outcomes behind the events are fetched concurrently,
         # and published in journal order.
-        events = await asyncio.gather(*(self.event_for(c) for c in wanted),
-                                      return_exceptions=True)
-        for change, event in zip(wanted, events, strict=True):
+        fetched = await asyncio.gather(*(self.event_for(c) for c in wanted.values()),
+                                       return_exceptions=True)
+        events = dict(zip(wanted, fetched, strict=True))
+        handled: list[Change] = []
+        for change in changes:
+            event = events.get(change.journal_key)
             if isinstance(event, BaseException):
-                logger.warning("change not streamed: its object could not be read", extra=fields(
-                    journal_key=change.journal_key, error=f"{type(event).__name__}: {event}"))
+                if not isinstance(event, Exception):
+                    raise event  # cancelled: the sidecar is stopping
+                error = f"{type(event).__name__}: {event}"
+                if not _unreadable_for_good(event):
+                    logger.warning("change not streamed yet: its object could not be read; "
+                                   "retrying at the next poll",
+                                   extra=fields(journal_key=change.journal_key, error=error))
+                    break
+                # The object itself is broken (not a MemoryEntry, an illegal name):
+                # reading it again cannot help, and waiting would hold up the rest.
+                logger.warning("change not streamed: its object is unreadable",
+                               extra=fields(journal_key=change.journal_key, error=error))
             elif event is not None:
                 self.hub.publish(event)
+            if change.kind == "outcome" and change.outcome_ref:
+                self.index.add_outcome()  # counted once: only when confirmed
+            if self.cursor is not None:
+                self.cursor.confirm(change.journal_key)
+            handled.append(change)
+        return handled
 
     def note_local(self, change: Change) -> None:
         """This sidecar's own change: the poller must not report it again."""
@@ -247,6 +284,11 @@ class Synchronizer:
                   if c.kind == "outcome" or is_within(c.entity_path or "", scope)]
         events = await asyncio.gather(*(self.event_for(c) for c in wanted))
         return [e for e in events if e is not None and e.concerns(scope)]
+
+
+def _unreadable_for_good(exc: Exception) -> bool:
+    """A broken object or name, as opposed to S3 failing to serve it (worth a retry)."""
+    return isinstance(exc, AdapterError | ValueError) and not isinstance(exc, S3AccessError)
 
 
 def _now_ms() -> int:
