@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 import boto3
 from amfs_core.models import MemoryEntry, OutcomeRecord, OutcomeType, Provenance
-from amfs_s3.adapter import S3Adapter as UpstreamAdapter
 
-from amfs_sidecar import S3Adapter
+from amfs_s3 import S3Adapter
+from amfs_s3.adapter import S3Adapter as UpstreamAdapter
 from bench.common import RequestCounter, moto_process, new_bucket, write_result
 
 COMMAND = ".venv/bin/python -m bench.adapter_compare"

@@ -29,13 +29,13 @@ from typing import Any
 
 import boto3
 from amfs_core.models import MemoryEntry
-from amfs_s3.adapter import S3Adapter as UpstreamAdapter
 from botocore.config import Config
 
-from amfs_sidecar import S3Adapter
-from amfs_sidecar.config import DEFAULT_POLL_INTERVAL, DEFAULT_RESYNC_INTERVAL
-from amfs_sidecar.layout import Layout
-from amfs_sidecar.poller import JournalCursor
+from amfs_s3 import S3Adapter
+from amfs_s3.adapter import S3Adapter as UpstreamAdapter
+from amfs_s3.config import DEFAULT_POLL_INTERVAL, DEFAULT_RESYNC_INTERVAL
+from amfs_s3.journal import JournalCursor
+from amfs_s3.layout import Layout
 from bench.adapter_compare import OURS, PREFIX, UPSTREAM, entry, percentile
 from bench.common import RequestCounter, moto_process, new_bucket, write_result
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from amfs_core.models import MemoryEntry, Provenance
 
-from amfs_sidecar import S3Adapter
+from amfs_s3 import S3Adapter
 from bench.common import RequestCounter, moto_server, new_bucket, write_result
 
 COMMAND = ".venv/bin/python -m bench.request_counts"

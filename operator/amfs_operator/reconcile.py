@@ -34,7 +34,7 @@ from amfs_operator.kube import Applied, Kube
 from amfs_operator.locks import MemoryLocks
 from amfs_operator.probe import ClientCache, Target
 from amfs_operator.spec import Memory, MemoryStatus, parse_memory, parse_status
-from amfs_sidecar.config import ENV_ACCESS_KEY, ENV_SECRET_KEY
+from amfs_s3.config import ENV_ACCESS_KEY, ENV_SECRET_KEY
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import jsonpatch
 
 from amfs_operator.spec import Memory
-from amfs_sidecar.config import (
+from amfs_s3.config import (
     ENV_ACCESS_KEY,
     ENV_SECRET_KEY,
     S3Settings,

@@ -27,11 +27,12 @@ from amfs_core.models import MemoryEntry, OutcomeRecord, SearchQuery
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ValidationError
 
+from amfs_s3.adapter import S3Adapter
+from amfs_s3.exceptions import InvalidNameError
+from amfs_s3.layout import validate_entity_path, validate_key, validate_outcome_ref
 from amfs_sidecar import models
-from amfs_sidecar.adapter import S3Adapter
-from amfs_sidecar.exceptions import EntryTooLargeError, InvalidNameError
+from amfs_sidecar.exceptions import EntryTooLargeError
 from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
-from amfs_sidecar.layout import validate_entity_path, validate_key, validate_outcome_ref
 from amfs_sidecar.logs import fields
 from amfs_sidecar.metrics import SidecarMetrics
 from amfs_sidecar.openapi import build_openapi

@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from amfs_sidecar import config as amfs_config
+from amfs_s3 import config as amfs_config
+from amfs_s3.config import S3Settings
+from amfs_s3.exceptions import ConfigError
 from amfs_sidecar import logs
-from amfs_sidecar.config import S3Settings
-from amfs_sidecar.exceptions import ConfigError
 from amfs_sidecar.logs import fields
 from amfs_sidecar.server import (
     DEFAULT_METRICS_PORT,

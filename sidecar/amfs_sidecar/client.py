@@ -28,9 +28,9 @@ from amfs_core.abc import AdapterABC, WatchHandle
 from amfs_core.exceptions import AMFSError, VersionConflictError
 from amfs_core.models import MemoryEntry, OutcomeRecord, SearchQuery
 
+from amfs_s3.exceptions import InvalidNameError
 from amfs_sidecar.exceptions import (
     EntryTooLargeError,
-    InvalidNameError,
     SidecarReadOnlyError,
     SidecarRequestError,
     SidecarUnavailableError,

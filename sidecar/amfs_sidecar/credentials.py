@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from amfs_sidecar.config import read_credentials_dir
+from amfs_s3.config import read_credentials_dir
 from amfs_sidecar.logs import fields
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import boto3
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
-from amfs_sidecar.config import S3Settings
+from amfs_s3.config import S3Settings
 
 EMBEDDED_BUCKET = "amfs-local"
 # moto accepts any key; explicit ones keep boto3 from searching the credential chain.

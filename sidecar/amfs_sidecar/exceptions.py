@@ -1,41 +1,24 @@
-"""Every error this package raises, in one place.
+"""Every error the sidecar and its client raise, in one place.
 
-They subclass the AMFS hierarchy (and ``ValueError`` where the caller's input is
-at fault), so code written against the AMFS SDK catches them unchanged.
+The adapter's own errors (names, configuration, S3 access) live in
+:mod:`amfs_s3.exceptions`; these subclass the same AMFS hierarchy.
 """
 
 from __future__ import annotations
 
-from amfs_core.exceptions import AdapterError, AMFSError, VersionConflictError
+from amfs_core.exceptions import AdapterError, AMFSError
+
+from amfs_s3.exceptions import ConfigError
 
 __all__ = [
-    "AdapterError",
-    "ConfigError",
     "EntryTooLargeError",
-    "InvalidNameError",
-    "S3AccessError",
     "SidecarReadOnlyError",
     "SidecarRequestError",
     "SidecarUnavailableError",
     "SocketInUseError",
-    "VersionConflictError",
 ]
 
 
-class ConfigError(AMFSError, ValueError):
-    """The configuration is missing something or has a value that breaks a rule."""
-
-
-class InvalidNameError(AMFSError, ValueError):
-    """An entity path, key, namespace or outcome ref breaks a naming rule.
-
-    ``field`` names the offending argument, ``rule`` states what is allowed.
-    """
-
-    def __init__(self, field: str, problem: str, rule: str) -> None:
-        self.field = field
-        self.rule = rule
-        super().__init__(f"{field} {problem} ({rule})")
 
 
 class EntryTooLargeError(AMFSError, ValueError):
@@ -46,15 +29,6 @@ class EntryTooLargeError(AMFSError, ValueError):
         self.limit = limit
         super().__init__(f"entry is {size} bytes serialised; the maximum is {limit} bytes")
 
-
-class S3AccessError(AdapterError):
-    """S3 refused or failed a request after retries; never means 'not found'."""
-
-    def __init__(self, operation: str, key: str, detail: str) -> None:
-        self.operation = operation
-        self.key = key
-        self.detail = detail
-        super().__init__(f"S3 {operation} failed for {key!r}: {detail}")
 
 
 class SocketInUseError(ConfigError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from amfs_core.models import MemoryEntry
 
-from amfs_sidecar.layout import is_within
+from amfs_s3.layout import is_within
 
 Name = tuple[str, str]
 

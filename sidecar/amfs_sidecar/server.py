@@ -26,16 +26,17 @@ from typing import Any
 
 from aiohttp import web
 
+from amfs_s3.adapter import S3Adapter
+from amfs_s3.config import S3Settings, read_credentials_dir
+from amfs_s3.exceptions import ConfigError
+from amfs_s3.journal import DEFAULT_LOOKBACK_MS
 from amfs_sidecar import __version__
-from amfs_sidecar.adapter import S3Adapter
 from amfs_sidecar.api import CTX, ApiContext, add_probe_routes, build_app
-from amfs_sidecar.config import S3Settings, read_credentials_dir
 from amfs_sidecar.credentials import DEFAULT_CHECK_SECONDS, CredentialsWatcher
-from amfs_sidecar.exceptions import ConfigError, SocketInUseError
+from amfs_sidecar.exceptions import SocketInUseError
 from amfs_sidecar.index import EntryIndex, ValueCache
 from amfs_sidecar.logs import fields
 from amfs_sidecar.metrics import SidecarMetrics
-from amfs_sidecar.poller import DEFAULT_LOOKBACK_MS
 from amfs_sidecar.stream import DEFAULT_HEARTBEAT_SECONDS, StreamHub
 from amfs_sidecar.sync import Synchronizer
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from amfs_sidecar.layout import is_within
+from amfs_s3.layout import is_within
 from amfs_sidecar.logs import fields
 
 logger = logging.getLogger(__name__)

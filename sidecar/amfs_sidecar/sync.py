@@ -20,13 +20,13 @@ from typing import Any, TypeVar
 from amfs_core.evidence import cited_entries
 from amfs_core.models import MemoryEntry, OutcomeRecord
 
-from amfs_sidecar.adapter import S3Adapter
-from amfs_sidecar.exceptions import AdapterError, S3AccessError
+from amfs_s3.adapter import S3Adapter
+from amfs_s3.exceptions import AdapterError, S3AccessError
+from amfs_s3.journal import DEFAULT_LOOKBACK_MS, Change, JournalCursor
+from amfs_s3.layout import is_within
 from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
-from amfs_sidecar.layout import is_within
 from amfs_sidecar.logs import fields
 from amfs_sidecar.metrics import SidecarMetrics
-from amfs_sidecar.poller import DEFAULT_LOOKBACK_MS, Change, JournalCursor
 from amfs_sidecar.stream import Event, StreamHub
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import pytest
 from amfs_core.exceptions import VersionConflictError
 from amfs_core.models import MemoryEntry, OutcomeRecord, OutcomeType, Provenance, SearchQuery
 
-from amfs_sidecar import S3Adapter
-from amfs_sidecar.config import S3Settings
-from amfs_sidecar.exceptions import AdapterError, InvalidNameError, S3AccessError
+from amfs_s3 import S3Adapter
+from amfs_s3.config import S3Settings
+from amfs_s3.exceptions import AdapterError, InvalidNameError, S3AccessError
 from tests.fixtures.s3 import all_keys
 
 

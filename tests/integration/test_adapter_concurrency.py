@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from amfs_core.exceptions import VersionConflictError
 
-from amfs_sidecar import S3Adapter
-from amfs_sidecar.config import S3Settings
+from amfs_s3 import S3Adapter
+from amfs_s3.config import S3Settings
 from tests.integration.test_adapter import make_entry
 
 

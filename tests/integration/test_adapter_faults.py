@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from amfs_sidecar import S3Adapter
-from amfs_sidecar.exceptions import S3AccessError
+from amfs_s3 import S3Adapter
+from amfs_s3.exceptions import S3AccessError
 from tests.fixtures.s3 import all_keys
 from tests.fixtures.s3_proxy import FaultProxy
 from tests.integration.test_adapter import make_entry
@@ -81,7 +81,7 @@ def test_a_provider_that_ignores_if_none_match_is_detected(
 ) -> None:
     fault_proxy.add(method="PUT", strip_if_none_match=True, times=-1)
     adapter = adapter_via(fault_proxy, bucket)
-    with caplog.at_level(logging.WARNING, logger="amfs_sidecar.adapter"):
+    with caplog.at_level(logging.WARNING, logger="amfs_s3.adapter"):
         assert adapter.conditional_writes_supported is False
     assert "ignores If-None-Match" in caplog.text
     # Sequential writes still get distinct versions (HEAD before PUT).

@@ -8,8 +8,8 @@ import time
 
 from amfs_core.models import MemoryEntry
 
-from amfs_sidecar import S3Adapter
-from amfs_sidecar.config import S3Settings
+from amfs_s3 import S3Adapter
+from amfs_s3.config import S3Settings
 from tests.integration.test_adapter import RequestLog, make_entry
 
 
@@ -106,7 +106,7 @@ def test_an_idle_adapter_makes_no_requests_and_cancel_stops_polling(
 
 
 def test_one_poll_is_one_listing_whatever_the_number_of_entries(s3_settings: S3Settings) -> None:
-    from amfs_sidecar.poller import JournalCursor
+    from amfs_s3.journal import JournalCursor
 
     writer = S3Adapter.from_settings(s3_settings)
     for n in range(40):

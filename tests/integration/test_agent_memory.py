@@ -10,9 +10,9 @@ import pytest
 from amfs import AgentMemory
 from amfs_core.models import OutcomeType
 
-from amfs_sidecar import S3Adapter
-from amfs_sidecar.config import S3Settings
-from amfs_sidecar.exceptions import ConfigError
+from amfs_s3 import S3Adapter
+from amfs_s3.config import S3Settings
+from amfs_s3.exceptions import ConfigError
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from amfs_sidecar import S3Adapter
-from amfs_sidecar.config import S3Settings
+from amfs_s3 import S3Adapter
+from amfs_s3.config import S3Settings
 from tests.fixtures.s3 import all_keys
 
 BOUNDED = settings(

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from amfs_core.models import MemoryEntry, OutcomeRecord, OutcomeType
 
-from amfs_sidecar import S3Adapter
-from amfs_sidecar.config import S3Settings
-from amfs_sidecar.exceptions import S3AccessError
+from amfs_s3 import S3Adapter
+from amfs_s3.config import S3Settings
+from amfs_s3.exceptions import S3AccessError
 from tests.fixtures.s3 import all_keys, free_port
 from tests.fixtures.s3_proxy import FaultProxy, Rule
 from tests.integration.test_adapter import make_entry

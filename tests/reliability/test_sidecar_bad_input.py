@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode, checks
 
+from amfs_s3.config import S3Settings
 from amfs_sidecar.client import SidecarAdapter
-from amfs_sidecar.config import S3Settings
 from amfs_sidecar.openapi import OPERATIONS
 from tests.fixtures.s3 import TEST_CREDENTIALS, all_keys
 from tests.fixtures.sidecar import RunningSidecar, short_socket_dir, sidecar_config, start_sidecar

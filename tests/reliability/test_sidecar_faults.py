@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from amfs_sidecar import S3Adapter
-from amfs_sidecar.config import S3Settings
+from amfs_s3 import S3Adapter
+from amfs_s3.config import S3Settings
 from tests.fixtures.s3 import all_keys
 from tests.fixtures.s3_proxy import FaultProxy, Rule
 from tests.fixtures.sidecar import RunningSidecar, SidecarFactory, await_until

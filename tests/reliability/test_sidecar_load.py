@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from amfs_sidecar.config import S3Settings
+from amfs_s3.config import S3Settings
 from tests.fixtures.s3 import all_keys
 from tests.fixtures.sidecar import SidecarProcess, await_until, spawn_sidecar
 from tests.integration.sidecar.sse import EventReader

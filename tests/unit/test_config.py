@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from amfs_sidecar import config
-from amfs_sidecar.exceptions import ConfigError
+from amfs_s3 import config
+from amfs_s3.exceptions import ConfigError
 
 YAML = """
 namespace: production

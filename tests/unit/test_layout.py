@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from amfs_sidecar.exceptions import InvalidNameError
-from amfs_sidecar.layout import (
+from amfs_s3.exceptions import InvalidNameError
+from amfs_s3.layout import (
     MAX_S3_KEY_BYTES,
     EntryObject,
     Layout,

@@ -11,7 +11,7 @@ import pytest
 
 from amfs_operator import resources
 from amfs_operator.spec import Memory, parse_memory
-from amfs_sidecar.config import parse_amfs_yaml, read_credentials_dir
+from amfs_s3.config import parse_amfs_yaml, read_credentials_dir
 
 IMAGE = "ghcr.io/amfs-k8s/amfs:0.1.0"
 

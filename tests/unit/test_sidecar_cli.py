@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from amfs_s3.config import ConfigError
 from amfs_sidecar import cli
-from amfs_sidecar.config import ConfigError
 from amfs_sidecar.server import parse_listen
 
 ENV = {"AMFS_S3_BUCKET": "my-bucket", "AMFS_S3_ENDPOINT": "http://minio:9000"}
@@ -50,7 +50,7 @@ def test_flags_beat_env_and_the_config_file(tmp_path: Path) -> None:
 def test_embedded_s3_defaults_to_the_run_directory() -> None:
     args = cli.build_parser({}).parse_args(["--embedded-s3"])
     assert cli.load_settings(args, {}) is None  # the embedded server supplies them
-    from amfs_sidecar.config import S3Settings
+    from amfs_s3.config import S3Settings
 
     config = cli.sidecar_config(args, S3Settings(bucket="amfs-local"), {})
     assert config.socket_path == Path("./.run/amfs.sock")

@@ -12,7 +12,7 @@ import botocore.exceptions
 import pytest
 
 from amfs_operator.probe import PROBE_DIR
-from amfs_sidecar.config import parse_amfs_yaml
+from amfs_s3.config import parse_amfs_yaml
 from tests.fixtures.kubernetes import Cluster, OperatorThread, condition
 from tests.fixtures.s3 import all_keys
 

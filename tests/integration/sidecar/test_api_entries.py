@@ -62,7 +62,7 @@ async def test_read_your_writes_are_served_from_the_index_without_s3(
 async def test_consistent_read_sees_a_write_the_index_has_not_polled_yet(
     sidecar_factory: SidecarFactory, s3_settings: Any
 ) -> None:
-    from amfs_sidecar.adapter import S3Adapter
+    from amfs_s3.adapter import S3Adapter
 
     # A poll interval far beyond the test: only consistent=true can see the new write.
     running = sidecar_factory(settings=s3_settings.model_copy(update={"poll_interval": 300.0}))

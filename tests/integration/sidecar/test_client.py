@@ -11,13 +11,14 @@ from amfs import AgentMemory
 from amfs_core.exceptions import VersionConflictError
 from amfs_core.models import MemoryEntry, OutcomeType, Provenance
 
+from amfs_s3.exceptions import InvalidNameError
 from amfs_sidecar.client import (
     SidecarAdapter,
     SidecarReadOnlyError,
     SidecarRequestError,
     SidecarUnavailableError,
 )
-from amfs_sidecar.exceptions import EntryTooLargeError, InvalidNameError
+from amfs_sidecar.exceptions import EntryTooLargeError
 from tests.fixtures.sidecar import RunningSidecar, SidecarFactory, wait_until
 
 

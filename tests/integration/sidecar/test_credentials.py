@@ -20,7 +20,7 @@ from typing import Any
 import boto3
 import pytest
 
-from amfs_sidecar.config import S3Settings
+from amfs_s3.config import S3Settings
 from tests.fixtures.s3 import free_port
 from tests.fixtures.sidecar import SidecarFactory, wait_until
 

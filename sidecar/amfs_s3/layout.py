@@ -15,7 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from amfs_sidecar.exceptions import InvalidNameError
+from amfs_s3.exceptions import InvalidNameError
 
 MAX_S3_KEY_BYTES = 1024
 

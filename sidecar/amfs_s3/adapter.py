@@ -3,7 +3,7 @@
 Every version is one conditional PUT (``If-None-Match: *``) of a complete
 ``MemoryEntry`` snapshot; versions are never copied or deleted, so concurrent
 writers lose no update and a crash never leaves a key without a current version.
-The object layout is fixed in :mod:`amfs_sidecar.layout`.
+The object layout is fixed in :mod:`amfs_s3.layout`.
 """
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr, ValidationError
 
-from amfs_sidecar import config as config_module
-from amfs_sidecar.config import S3Settings
-from amfs_sidecar.exceptions import AdapterError, InvalidNameError, S3AccessError
-from amfs_sidecar.layout import Layout, is_within, validate_entity_path, validate_key
-from amfs_sidecar.poller import Change, JournalCursor, WatchLoop
+from amfs_s3 import config as config_module
+from amfs_s3.config import S3Settings
+from amfs_s3.exceptions import AdapterError, InvalidNameError, S3AccessError
+from amfs_s3.journal import Change, JournalCursor
+from amfs_s3.layout import Layout, is_within, validate_entity_path, validate_key
+from amfs_s3.watch import WatchLoop
 
 logger = logging.getLogger(__name__)
 

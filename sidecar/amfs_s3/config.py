@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from amfs_sidecar.exceptions import ConfigError
+from amfs_s3.exceptions import ConfigError
 
 DEFAULT_PREFIX = "amfs/"
 DEFAULT_REGION = "us-east-1"
