@@ -6,6 +6,12 @@
 {prefix}{namespace}/journal/{ms:013d}-{writer}-{seq:06d}.json
 ```
 
+Every name segment (each entity segment, the key, the outcome ref, the namespace)
+becomes ONE object-key segment through :func:`escape_segment`: ``%`` → ``%25``,
+``/`` → ``%2F``, ``\\`` → ``%5C``. Names without those three characters keep
+byte-identical object keys; a key may hold ``/`` without aliasing an entity below
+it; and no provider that reads ``\\`` as ``/`` (SeaweedFS) can merge two names.
+
 Nothing here talks to S3, so every rule is testable in isolation.
 """
 
@@ -18,12 +24,37 @@ from dataclasses import dataclass
 from amfs_s3.exceptions import InvalidNameError
 
 MAX_S3_KEY_BYTES = 1024
+# SeaweedFS refuses a longer segment (KeyTooLongError), and so do most file-backed stores.
+MAX_SEGMENT_BYTES = 255
 
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.json$")
 _JOURNAL_FILE = re.compile(r"^(\d{13})-(.+)-(\d{6})\.json$")
 _WRITER = re.compile(r"^[A-Za-z0-9._]+(?:-[A-Za-z0-9._]+)*$")
 
-SEGMENT_RULE = "segments may not be empty, '.' or '..', and may not contain control characters"
+_ESCAPES = {"%": "%25", "/": "%2F", "\\": "%5C"}
+_UNESCAPES = {code: char for char, code in _ESCAPES.items()}
+_TO_ESCAPE = re.compile(r"[%/\\]")
+# What escape_segment can produce: escapes, or runs free of the three characters.
+_ESCAPED = re.compile(r"(?:%25|%2F|%5C|[^%/\\])*")
+_ESCAPE_CODE = re.compile(r"%25|%2F|%5C")
+
+SEGMENT_RULE = (
+    "segments may not be empty, '.' or '..', may not contain control characters, and are at "
+    f"most {MAX_SEGMENT_BYTES} bytes of UTF-8 once '%', '/' and '\\' are escaped as "
+    "%25, %2F and %5C"
+)
+
+
+def escape_segment(name: str) -> str:
+    """*name* as one object-key segment: ``%`` → ``%25``, ``/`` → ``%2F``, ``\\`` → ``%5C``."""
+    return _TO_ESCAPE.sub(lambda m: _ESCAPES[m.group(0)], name)
+
+
+def unescape_segment(segment: str) -> str | None:
+    """The name :func:`escape_segment` made *segment* from, or None if it made no such segment."""
+    if not _ESCAPED.fullmatch(segment):
+        return None
+    return _ESCAPE_CODE.sub(lambda m: _UNESCAPES[m.group(0)], segment)
 
 
 def _control_character(text: str) -> str | None:
@@ -33,7 +64,9 @@ def _control_character(text: str) -> str | None:
     return None
 
 
-def _check_segment(field: str, segment: str, rule: str) -> None:
+def _check_segment(field: str, segment: str, rule: str, *, suffix: str = "") -> None:
+    """*segment* is one name segment before escaping; *suffix* is what the object key
+    adds to the same segment (``.json`` for outcomes)."""
     if segment == "":
         raise InvalidNameError(field, "has an empty segment", rule)
     if segment in {".", ".."}:
@@ -41,6 +74,12 @@ def _check_segment(field: str, segment: str, rule: str) -> None:
     bad = _control_character(segment)
     if bad is not None:
         raise InvalidNameError(field, f"contains control character {bad!r}", rule)
+    size = len((escape_segment(segment) + suffix).encode("utf-8"))
+    if size > MAX_SEGMENT_BYTES:
+        shown = segment if len(segment) <= 40 else segment[:37] + "..."
+        raise InvalidNameError(
+            field, f"segment {shown!r} makes an object-key segment of {size} bytes", rule
+        )
 
 
 def validate_entity_path(entity_path: object) -> str:
@@ -56,23 +95,21 @@ def validate_entity_path(entity_path: object) -> str:
 
 
 def validate_key(key: object) -> str:
-    """A key is exactly one segment, so entity 'a/b' key 'c' never aliases 'a' key 'b/c'."""
-    rule = f"key is one segment without '/'; {SEGMENT_RULE}"
+    """A key is one segment; a '/' in it is escaped, so entity 'a/b' key 'c' never
+    aliases entity 'a' key 'b/c'."""
+    rule = f"key is one segment ('/' is allowed and stored escaped); {SEGMENT_RULE}"
     if not isinstance(key, str):
         raise InvalidNameError("key", "must be a string", rule)
-    if "/" in key:
-        raise InvalidNameError("key", f"{key!r} contains '/'", rule)
     _check_segment("key", key, rule)
     return key
 
 
 def validate_outcome_ref(outcome_ref: object) -> str:
-    rule = f"outcome_ref is one segment without '/'; {SEGMENT_RULE}"
+    rule = (f"outcome_ref is one segment ('/' is allowed and stored escaped; the object adds "
+            f"'.json'); {SEGMENT_RULE}")
     if not isinstance(outcome_ref, str):
         raise InvalidNameError("outcome_ref", "must be a string", rule)
-    if "/" in outcome_ref:
-        raise InvalidNameError("outcome_ref", f"{outcome_ref!r} contains '/'", rule)
-    _check_segment("outcome_ref", outcome_ref, rule)
+    _check_segment("outcome_ref", outcome_ref, rule, suffix=".json")
     return outcome_ref
 
 
@@ -113,13 +150,15 @@ class Layout:
         if self.prefix and not self.prefix.endswith("/"):
             object.__setattr__(self, "prefix", self.prefix + "/")
         rule = "namespace is one segment without '/'; " + SEGMENT_RULE
+        if not isinstance(self.namespace, str):
+            raise InvalidNameError("namespace", "must be a string", rule)
         if "/" in self.namespace:
             raise InvalidNameError("namespace", f"{self.namespace!r} contains '/'", rule)
         _check_segment("namespace", self.namespace, rule)
 
     @property
     def root(self) -> str:
-        return f"{self.prefix}{self.namespace}/"
+        return f"{self.prefix}{escape_segment(self.namespace)}/"
 
     @property
     def entries_root(self) -> str:
@@ -140,10 +179,11 @@ class Layout:
     # -- entries ---------------------------------------------------------
 
     def entity_dir(self, entity_path: str) -> str:
-        return f"{self.entries_root}{validate_entity_path(entity_path)}/"
+        segments = validate_entity_path(entity_path).split("/")
+        return self.entries_root + "".join(escape_segment(s) + "/" for s in segments)
 
     def key_dir(self, entity_path: str, key: str) -> str:
-        return f"{self.entity_dir(entity_path)}{validate_key(key)}/"
+        return f"{self.entity_dir(entity_path)}{escape_segment(validate_key(key))}/"
 
     def version_key(self, entity_path: str, key: str, version: int) -> str:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -179,12 +219,16 @@ class Layout:
         version = self.parse_version_file(parts[-1])
         if version is None:
             return None
-        return EntryObject(entity_path="/".join(parts[:-2]), key=parts[-2], version=version)
+        names = [unescape_segment(part) for part in parts[:-1]]
+        if any(name is None or name in {"", ".", ".."} for name in names):
+            return None  # not an object this layout writes
+        entity = "/".join(name for name in names[:-1] if name is not None)
+        return EntryObject(entity_path=entity, key=names[-1] or "", version=version)
 
     # -- outcomes --------------------------------------------------------
 
     def outcome_key(self, outcome_ref: str) -> str:
-        object_key = f"{self.outcomes_root}{validate_outcome_ref(outcome_ref)}.json"
+        object_key = f"{self.outcomes_root}{escape_segment(validate_outcome_ref(outcome_ref))}.json"
         size = len(object_key.encode("utf-8"))
         if size > MAX_S3_KEY_BYTES:
             raise InvalidNameError(
@@ -197,8 +241,8 @@ class Layout:
     def parse_outcome_key(self, object_key: str) -> str | None:
         if not object_key.startswith(self.outcomes_root) or not object_key.endswith(".json"):
             return None
-        ref = object_key[len(self.outcomes_root) : -len(".json")]
-        return ref if ref and "/" not in ref else None
+        ref = unescape_segment(object_key[len(self.outcomes_root) : -len(".json")])
+        return ref if ref else None
 
     # -- journal ---------------------------------------------------------
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from amfs_s3.exceptions import InvalidNameError
 from amfs_s3.layout import (
     MAX_S3_KEY_BYTES,
+    MAX_SEGMENT_BYTES,
     EntryObject,
     Layout,
+    escape_segment,
     is_within,
+    unescape_segment,
     validate_entity_path,
     validate_key,
+    validate_outcome_ref,
 )
 
 LAYOUT = Layout("amfs/", "default")
@@ -90,7 +96,7 @@ def test_bad_entity_paths_name_the_field_and_rule(entity_path: str, fragment: st
     assert isinstance(caught.value, ValueError)
 
 
-@pytest.mark.parametrize("key", ["a/b", "", "..", ".", "k\x7f", "k\ty"])
+@pytest.mark.parametrize("key", ["", "..", ".", "k\x7f", "k\ty"])
 def test_bad_keys_are_refused(key: str) -> None:
     with pytest.raises(InvalidNameError) as caught:
         validate_key(key)
@@ -136,3 +142,98 @@ def test_journal_start_after_sorts_before_records_of_that_millisecond() -> None:
 )
 def test_is_within_respects_segment_boundaries(path: str, scope: str | None, inside: bool) -> None:
     assert is_within(path, scope) is inside
+
+
+# -- escaping: one name segment is one object-key segment ---------------------------
+
+# Names as the API accepts them: printable text, including the escaped characters.
+_CHARS = st.characters(blacklist_categories=("Cc", "Cs"))
+_SEGMENT = st.text(_CHARS, min_size=1, max_size=12).filter(lambda s: s not in {".", ".."})
+_ENTITY = st.lists(_SEGMENT.filter(lambda s: "/" not in s), min_size=1, max_size=3).map("/".join)
+
+
+@given(st.text(_CHARS, max_size=30))
+def test_escaping_round_trips(name: str) -> None:
+    segment = escape_segment(name)
+    assert "/" not in segment and "\\" not in segment
+    assert unescape_segment(segment) == name
+
+
+@pytest.mark.parametrize("name", ["retry-pattern", "v1.json", "ключ ✓", "a b+c=d?e#f&g"])
+def test_names_without_escaped_characters_keep_their_object_keys(name: str) -> None:
+    assert escape_segment(name) == name
+    assert LAYOUT.version_key("svc", name, 1) == f"amfs/default/entries/svc/{name}/v1.json"
+
+
+def test_the_mapping_is_the_documented_one() -> None:
+    assert escape_segment("50%/a\\b") == "50%25%2Fa%5Cb"
+    assert LAYOUT.version_key("svc", "a/b", 2) == "amfs/default/entries/svc/a%2Fb/v2.json"
+    assert LAYOUT.outcome_key("INC/1") == "amfs/default/outcomes/INC%2F1.json"
+    assert Layout("amfs/", "team\\x").root == "amfs/team%5Cx/"
+
+
+@pytest.mark.parametrize("segment", ["50%", "%2f", "%41", "a/b", "a\\b", "%2"])
+def test_segments_this_layout_never_writes_do_not_unescape(segment: str) -> None:
+    assert unescape_segment(segment) is None
+
+
+@given(_ENTITY, _SEGMENT, _ENTITY, _SEGMENT)
+def test_distinct_names_never_share_an_object_key(e1: str, k1: str, e2: str, k2: str) -> None:
+    first, second = LAYOUT.version_key(e1, k1, 1), LAYOUT.version_key(e2, k2, 1)
+    # SeaweedFS stores '\\' as '/': compare the keys as such a provider sees them.
+    seen = first.replace("\\", "/"), second.replace("\\", "/")
+    assert (seen[0] == seen[1]) == ((e1, k1) == (e2, k2))
+
+
+@given(_ENTITY, _SEGMENT, st.integers(min_value=1, max_value=10**9))
+def test_parse_entry_key_inverts_version_key(entity: str, key: str, version: int) -> None:
+    assert LAYOUT.parse_entry_key(LAYOUT.version_key(entity, key, version)) == EntryObject(
+        entity, key, version
+    )
+
+
+@given(_SEGMENT)
+def test_parse_outcome_key_inverts_outcome_key(ref: str) -> None:
+    assert LAYOUT.parse_outcome_key(LAYOUT.outcome_key(ref)) == ref
+
+
+def test_issue_12_names_stay_distinct() -> None:
+    keys = {LAYOUT.version_key("svc\\cfg", "k", 1), LAYOUT.version_key("svc", "cfg\\k", 1),
+            LAYOUT.version_key("svc/cfg", "k", 1), LAYOUT.version_key("svc", "cfg/k", 1)}
+    assert len({k.replace("\\", "/") for k in keys}) == 4
+
+
+def test_key_with_slash_never_aliases_a_nested_entity() -> None:
+    slashed = LAYOUT.version_key("a", "b/c", 1)
+    nested = LAYOUT.version_key("a/b", "c", 1)
+    assert slashed != nested
+    assert LAYOUT.parse_entry_key(slashed) == EntryObject("a", "b/c", 1)
+    assert not nested.startswith(LAYOUT.key_dir("a", "b/c"))
+
+
+@pytest.mark.parametrize(
+    "check,field,name",
+    [
+        (validate_key, "key", "k" * (MAX_SEGMENT_BYTES + 1)),
+        (validate_key, "key", "/" * 86),  # 86 x '%2F' = 258 bytes once escaped
+        (validate_entity_path, "entity_path", "ok/" + "é" * 128),  # 256 bytes of UTF-8
+        (validate_outcome_ref, "outcome_ref", "r" * (MAX_SEGMENT_BYTES - 4)),  # + '.json'
+    ],
+)
+def test_segments_over_255_bytes_are_refused(check: object, field: str, name: str) -> None:
+    with pytest.raises(InvalidNameError) as caught:
+        check(name)  # type: ignore[operator]
+    assert caught.value.field == field
+    assert "255 bytes" in str(caught.value)
+
+
+def test_segments_of_255_bytes_are_allowed() -> None:
+    assert validate_key("k" * MAX_SEGMENT_BYTES)
+    assert validate_outcome_ref("r" * (MAX_SEGMENT_BYTES - len(".json")))
+    assert validate_entity_path("é" * 127 + "x")
+
+
+def test_long_namespace_is_refused() -> None:
+    with pytest.raises(InvalidNameError) as caught:
+        Layout("amfs/", "n" * 256)
+    assert caught.value.field == "namespace"
