@@ -3,6 +3,10 @@
 Handlers parse and validate (pydantic models from :mod:`amfs_sidecar.models`),
 answer from the index and cache where they can, and hand anything that talks
 to S3 to the worker pool (``offload``) so the event loop never blocks.
+
+Routes, status codes and bodies follow amfs-http-server 0.3.66 wherever it has
+the route (README, "API"): a missing entry is 200 ``{"status": "not_found"}``,
+search answers a bare list, history and list carry upstream's envelopes.
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
 from amfs_core.abc import AdapterABC, WatchHandle
+from amfs_core.aggregates import extended_stats_from_entries
 from amfs_core.exceptions import AdapterError, AMFSError, VersionConflictError
 from amfs_core.models import MemoryEntry, OutcomeRecord, SearchQuery
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,7 +36,12 @@ from pydantic import BaseModel, ValidationError
 
 from amfs_s3.adapter import S3Adapter
 from amfs_s3.exceptions import InvalidNameError
-from amfs_s3.layout import validate_entity_path, validate_key, validate_outcome_ref
+from amfs_s3.layout import (
+    is_within,
+    validate_entity_path,
+    validate_key,
+    validate_outcome_ref,
+)
 from amfs_sidecar import models
 from amfs_sidecar.exceptions import EntryTooLargeError
 from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
@@ -44,6 +56,9 @@ logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 STREAM_ROUTE = "/api/v1/stream"
+AGENT_ID_HEADER = "X-AMFS-Agent-Id"
+# The AMFS schema tag amfs-http-server reports as its health's schema_version.
+SCHEMA_VERSION = str(MemoryEntry.model_fields["amfs_version"].default)
 # Room for JSON framing around an entry at the maximum size (escaping can grow it).
 BODY_OVERHEAD_BYTES = 64 * 1024
 
@@ -104,7 +119,9 @@ class ApiContext:
     heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
     version: str = "0.1.0"
     draining: bool = False
+    agent_id: str = field(default_factory=socket.gethostname)
     write_locks: KeyLocks = field(default_factory=KeyLocks)
+    stats_memo: tuple[tuple[int, int, int], dict[str, Any]] | None = None
 
 
 CTX = web.AppKey("amfs_ctx", ApiContext)
@@ -206,7 +223,11 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         reason = " ".join(str(exc).split()).removeprefix("400, message: ")
         raise ApiError(400, f"request body could not be read: {reason}") from None
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKeyError as exc:
+        raise ApiError(400, f"request body has the key {exc.key!r} more than once in one "
+                            "object (each JSON object key must be unique)",
+                       field=exc.key) from None
     except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -220,6 +241,24 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
             raise ApiError(400, f"{where} holds a lone UTF-16 surrogate, which is not a "
                                 "character (strings must be valid Unicode: surrogates only in "
                                 "pairs)", field=where)
+    return data
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a repeated key rather than letting the last one win."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
     return data
 
 
@@ -244,13 +283,38 @@ def _lone_surrogate(data: Any) -> str | None:
     return None
 
 
+def _checked_name(ctx: ApiContext, entity_path: str, key: str) -> tuple[str, str]:
+    """Names a write would accept, or the write's 400: a read of a name that can
+    never be stored must not look like a read of one that was not."""
+    validate_entity_path(entity_path)
+    validate_key(key)
+    ctx.adapter.layout.check_names(entity_path, key)
+    return entity_path, key
+
+
 def _entry_name(request: web.Request) -> tuple[str, str]:
+    """``{entity_path}/{key}`` from the path: the key is the last segment (a key
+    holding '/' is read through the query routes, as upstream)."""
     path = request.match_info["path"]
     if "/" not in path:
         raise ApiError(400, f"path must name an entity and a key: .../{{entity_path}}/{{key}}, "
                             f"got {path!r}")
     entity_path, key = path.rsplit("/", 1)
-    return validate_entity_path(entity_path), validate_key(key)
+    return _checked_name(request.app[CTX], entity_path, key)
+
+
+def _agent_id(request: web.Request, sent: str | None) -> str:
+    """Who writes: the body's agent_id, else the X-AMFS-Agent-Id header, else the
+    sidecar's own --agent-id (in pods the pod name)."""
+    if sent:
+        return sent
+    header = request.headers.get(AGENT_ID_HEADER, "").strip()
+    return header or request.app[CTX].agent_id
+
+
+def _not_found(entity_path: str, key: str, **extra: Any) -> web.Response:
+    body = models.NotFound(entity_path=entity_path, key=key).model_dump()
+    return web.json_response({**body, **extra})
 
 
 def _check_size(body: bytes, limit: int) -> None:
@@ -262,9 +326,10 @@ def _json_bytes(data: bytes) -> web.Response:
     return web.Response(body=data, content_type="application/json")
 
 
-def _entries_json(bodies: list[bytes], next_cursor: str | None = None) -> web.Response:
-    cursor = json.dumps(next_cursor).encode()
-    return _json_bytes(b'{"entries":[' + b",".join(bodies) + b'],"next_cursor":' + cursor + b"}")
+def _entries_json(bodies: list[bytes], total: int, next_cursor: str | None = None
+                  ) -> web.Response:
+    tail = json.dumps({"total": total, "next_cursor": next_cursor}).encode()
+    return _json_bytes(b'{"entries":[' + b",".join(bodies) + b"]," + tail[1:])
 
 
 def _encode_cursor(position: tuple[str, str, int]) -> str:
@@ -287,6 +352,11 @@ def _decode_cursor(cursor: str) -> tuple[str, str, int]:
 
 async def health(request: web.Request) -> web.Response:
     return web.json_response(models.Health().model_dump())
+
+
+async def api_health(request: web.Request) -> web.Response:
+    body = models.ApiHealth(version=request.app[CTX].version, schema_version=SCHEMA_VERSION)
+    return web.json_response(body.model_dump())
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -337,13 +407,23 @@ async def _current(ctx: ApiContext, entity_path: str, key: str, consistent: bool
 
 
 async def read_entry(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
     entity_path, key = _entry_name(request)
-    params = _query(request, models.ReadParams)
+    return await _read(request.app[CTX], entity_path, key, _query(request, models.ReadParams))
+
+
+async def read_entry_by_query(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    params = _query(request, models.EntryParams)
+    entity_path, key = _checked_name(ctx, params.entity_path, params.key)
+    return await _read(ctx, entity_path, key, params)
+
+
+async def _read(ctx: ApiContext, entity_path: str, key: str, params: models.ReadParams
+                ) -> web.Response:
     if params.version is not None:
         body = await ctx.sync.entry_body(entity_path, key, params.version)
         if body is None:
-            raise ApiError(404, f"{entity_path}/{key} has no version {params.version}")
+            return _not_found(entity_path, key, version=params.version)
         return _json_bytes(body)
     entry = await _current(ctx, entity_path, key, params.consistent)
     if isinstance(entry, MemoryEntry) and (
@@ -351,7 +431,7 @@ async def read_entry(request: web.Request) -> web.Response:
     ):
         entry = None
     if entry is None:
-        raise ApiError(404, f"no entry {entity_path}/{key}")
+        return _not_found(entity_path, key)
     cached = ctx.cache.peek(entity_path, key)
     if cached is not None and cached.entry is entry:
         return _json_bytes(cached.body)
@@ -366,9 +446,10 @@ async def write_entry(request: web.Request) -> web.Response:
     if "entry" in data:
         entry = models.EntryWriteRequest.model_validate(data).entry
     else:
-        entry = models.WriteRequest.model_validate(data).to_entry()
-    validate_entity_path(entry.entity_path)
-    validate_key(entry.key)
+        write = models.WriteRequest.model_validate(data)
+        write.agent_id = _agent_id(request, write.agent_id)
+        entry = write.to_entry()
+    _checked_name(ctx, entry.entity_path, entry.key)
     _check_size(encode_entry(entry), ctx.max_entry_bytes)
     # One write per key at a time from this sidecar: its versions then reach the
     # streams in order (concurrent writes would publish 14 before 13), and they
@@ -390,6 +471,21 @@ async def _bodies(ctx: ApiContext, names: list[tuple[str, str, int]]) -> list[by
     return list(await asyncio.gather(*(ctx.sync.entry_body(*name) for name in names)))
 
 
+async def _listed_names(ctx: ApiContext, scope: str | None, params: models.ListParams
+                        ) -> list[tuple[str, str, int]]:
+    """(entity, key, version) the listing covers, sorted: from the index, or from
+    S3 listings (no GETs) for every version or before the first sync."""
+    if not params.include_superseded and ctx.index.synced:
+        return ctx.index.names(scope, subtree=params.subtree)
+    scanned = await ctx.offload(lambda: ctx.adapter.scan_versions(scope, subtree=True))
+    return sorted(
+        (entity, key, number)
+        for (entity, key), numbers in scanned.items()
+        if scope is None or entity == scope or (params.subtree and is_within(entity, scope))
+        for number in (numbers if params.include_superseded else numbers[-1:])
+    )
+
+
 async def list_entries(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     params = _query(request, models.ListParams)
@@ -397,36 +493,48 @@ async def list_entries(request: web.Request) -> web.Response:
     if scope is not None:
         validate_entity_path(scope)
     after = _decode_cursor(params.cursor) if params.cursor else None
-    if params.include_superseded or not ctx.index.synced:
-        # Every version (or no index yet): the listing has to come from S3.
-        entries: list[MemoryEntry] = await ctx.offload(
-            lambda: ctx.adapter.list(scope, include_superseded=params.include_superseded,
-                                     subtree=params.subtree)
-        )
-        entries.sort(key=lambda e: (e.entity_path, e.key, e.version))
-        if after is not None:
-            entries = [e for e in entries if (e.entity_path, e.key, e.version) > after]
-        page = entries[: params.limit]
-        more = len(entries) > params.limit
-        last = (page[-1].entity_path, page[-1].key, page[-1].version) if page else None
-        return _entries_json([encode_entry(e) for e in page],
-                             _encode_cursor(last) if more and last else None)
-    names = ctx.index.names(scope, subtree=params.subtree)
+    names = await _listed_names(ctx, scope, params)
+    total = len(names)
     if after is not None:
         names = [n for n in names if n > after]
+    names = names[params.offset :]
     page_names = names[: params.limit]
     more = len(names) > params.limit
     bodies = [b for b in await _bodies(ctx, page_names) if b is not None]
-    return _entries_json(bodies, _encode_cursor(page_names[-1]) if more else None)
+    return _entries_json(bodies, total, _encode_cursor(page_names[-1]) if more else None)
 
 
 async def history(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
     entity_path, key = _entry_name(request)
+    return await _history(request.app[CTX], entity_path, key,
+                          _query(request, models.HistoryParams))
+
+
+async def history_by_query(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    params = _query(request, models.HistoryQueryParams)
+    entity_path, key = _checked_name(ctx, params.entity_path, params.key)
+    return await _history(ctx, entity_path, key, params)
+
+
+def _written_between(entry: MemoryEntry, params: models.HistoryParams) -> bool:
+    written = _aware(entry.provenance.written_at)
+    if params.since is not None and written < _aware(params.since):
+        return False
+    return params.until is None or written <= _aware(params.until)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def _history(ctx: ApiContext, entity_path: str, key: str, params: models.HistoryParams
+                   ) -> web.Response:
+    """Every version, oldest first; a missing key has none (200, as upstream)."""
     versions: list[MemoryEntry] = await ctx.offload(ctx.adapter.history, entity_path, key)
-    if not versions:
-        raise ApiError(404, f"no entry {entity_path}/{key}")
-    return _entries_json([encode_entry(e) for e in versions])
+    bodies = [encode_entry(e) for e in versions if _written_between(e, params)]
+    head = json.dumps({"entity_path": entity_path, "key": key, "version_count": len(bodies)})
+    return _json_bytes(head[:-1].encode() + b',"versions":[' + b",".join(bodies) + b"]}")
 
 
 # -- search --------------------------------------------------------------------
@@ -497,7 +605,8 @@ async def search(request: web.Request) -> web.Response:
         results: list[MemoryEntry] = await ctx.offload(ctx.adapter.search, query)
     else:
         results = _Snapshot(await _entries(ctx, _candidates(ctx.index, query))).search(query)
-    return _json_bytes(b'{"entries":[' + b",".join(encode_entry(e) for e in results) + b"]}")
+    # A bare list, as amfs-http-server (its clients index the answer directly).
+    return _json_bytes(b"[" + b",".join(encode_entry(e) for e in results) + b"]")
 
 
 # -- outcomes ------------------------------------------------------------------
@@ -511,7 +620,9 @@ async def commit_outcome(request: web.Request) -> web.Response:
     if "record" in data:
         record = models.OutcomeRecordRequest.model_validate(data).record
     else:
-        record = models.OutcomeRequest.model_validate(data).to_record()
+        outcome = models.OutcomeRequest.model_validate(data)
+        outcome.agent_id = _agent_id(request, outcome.agent_id)
+        record = outcome.to_record()
     validate_outcome_ref(record.outcome_ref)
     _check_size(record.model_dump_json().encode(), ctx.max_entry_bytes)
     updated, changes = await ctx.offload(ctx.adapter.commit_outcome_with_changes, record)
@@ -532,9 +643,13 @@ async def commit_outcome(request: web.Request) -> web.Response:
     logger.info("outcome", extra=fields(outcome_ref=record.outcome_ref,
                                         outcome_type=record.outcome_type.value,
                                         updated=len(updated)))
-    result = models.OutcomeCommitted(outcome=record, updated=updated)
-    return web.Response(body=result.model_dump_json(), status=201,
-                        content_type="application/json")
+    head = json.dumps({"outcome_ref": record.outcome_ref,
+                       "outcome_type": record.outcome_type.value,
+                       "affected_entries": len(updated)})
+    body = (head[:-1].encode() + b',"entries":['
+            + b",".join(bodies[(e.entity_path, e.key, e.version)] for e in updated)
+            + b'],"outcome":' + record.model_dump_json().encode() + b"}")
+    return web.Response(body=body, status=201, content_type="application/json")
 
 
 async def list_outcomes(request: web.Request) -> web.Response:
@@ -554,20 +669,35 @@ async def list_outcomes(request: web.Request) -> web.Response:
 # -- stats and stream ----------------------------------------------------------
 
 
+async def _aggregates(ctx: ApiContext) -> dict[str, Any]:
+    """amfs-http-server's stats over the current entries (``amfs_core``'s own
+    aggregate, so the numbers match upstream's). It reads every current entry
+    (cache, else one GET each), so the answer is kept until the index moves."""
+    if not ctx.index.synced:
+        entries: list[MemoryEntry] = await ctx.offload(ctx.adapter.list)
+        return extended_stats_from_entries(entries)
+    mark = (ctx.index.mark(), ctx.index.count("versions"), ctx.index.count("entries"))
+    if ctx.stats_memo is not None and ctx.stats_memo[0] == mark:
+        return ctx.stats_memo[1]
+    aggregates = extended_stats_from_entries(await _entries(ctx, ctx.index.names(None)))
+    ctx.stats_memo = (mark, aggregates)
+    return aggregates
+
+
 async def stats(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = models.Stats(
+        **await _aggregates(ctx),
         entries=ctx.index.count("entries"),
         versions=ctx.index.count("versions"),
         outcomes=ctx.index.count("outcomes"),
-        entities=ctx.index.entity_count(),
         watchers=len(ctx.hub),
         synced=ctx.index.synced,
         conditional_writes_supported=ctx.sync.conditional_writes,
         last_poll_success_unix=ctx.sync.last_poll_success,
         cache=models.CacheStats(**ctx.cache.stats()),
     )
-    return web.json_response(body.model_dump())
+    return web.Response(body=body.model_dump_json(), content_type="application/json")
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -605,9 +735,12 @@ def build_app(ctx: ApiContext) -> web.Application:
     app[CTX] = ctx
     add_probe_routes(app)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/api/v1/health", api_health)
+    app.router.add_get("/api/v1/entry", read_entry_by_query)
     app.router.add_get("/api/v1/entries/{path:.+}", read_entry)
     app.router.add_post("/api/v1/entries", write_entry)
     app.router.add_get("/api/v1/entries", list_entries)
+    app.router.add_get("/api/v1/history", history_by_query)
     app.router.add_get("/api/v1/history/{path:.+}", history)
     app.router.add_post("/api/v1/search", search)
     app.router.add_post("/api/v1/outcomes", commit_outcome)

@@ -30,6 +30,7 @@ logger = logging.getLogger("amfs_sidecar")
 ENV_SOCKET = "AMFS_SOCKET"
 ENV_CREDENTIALS_DIR = "AMFS_CREDENTIALS_DIR"
 ENV_METRICS_PORT = "AMFS_METRICS_PORT"
+ENV_AGENT_ID = "AMFS_AGENT_ID"
 EMBEDDED_SOCKET = "./.run/amfs.sock"
 
 
@@ -68,6 +69,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--drain-seconds", type=float, default=10.0,
                    help="on SIGTERM, how long in-flight requests may take to finish")
     p.add_argument("--read-only", action="store_true", help="refuse writes and outcomes (403)")
+    p.add_argument("--agent-id", default=env.get(ENV_AGENT_ID) or None, metavar="ID",
+                   help="agent_id recorded for writes and outcomes that name none and send no "
+                        f"X-AMFS-Agent-Id header (env {ENV_AGENT_ID}; default: the hostname)")
     p.add_argument("--embedded-s3", action="store_true",
                    help="start an in-memory S3 (moto) on loopback: for trying things out")
     p.add_argument("--heartbeat-seconds", type=float, default=15.0,
@@ -133,6 +137,7 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         credentials_dir=args.credentials_dir,
         credentials_check_seconds=args.credentials_check_seconds,
         heartbeat_seconds=args.heartbeat_seconds,
+        agent_id=args.agent_id,
     )
 
 

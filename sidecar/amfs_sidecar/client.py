@@ -64,6 +64,22 @@ def _entry_path(entity_path: str, key: str) -> str:
     return "/".join(segments) + "/" + quote(key, safe="")
 
 
+def _entry_url(path_route: str, query_route: str, entity_path: str, key: str,
+               params: dict[str, Any]) -> str:
+    """The path form when it is unambiguous; the query form for a key holding '/'
+    (the path's last segment is always the key), as upstream's HttpAdapter does."""
+    if "/" in key:
+        return query_route + _query({"entity_path": entity_path, "key": key, **params})
+    return f"{path_route}/{_entry_path(entity_path, key)}" + _query(params)
+
+
+def _entry_or_none(data: Any) -> MemoryEntry | None:
+    """An entry body, or None for the API's ``{"status": "not_found"}`` answer."""
+    if data is None or (isinstance(data, dict) and data.get("status") == "not_found"):
+        return None
+    return MemoryEntry.model_validate(data)
+
+
 def _query(params: dict[str, Any]) -> str:
     clean = {
         k: ("true" if v is True else "false" if v is False else
@@ -204,15 +220,13 @@ class SidecarAdapter(AdapterABC):
 
     def read(self, entity_path: str, key: str, *, min_confidence: float = 0.0,
              branch: str = "main", consistent: bool = False) -> MemoryEntry | None:
-        path = f"/api/v1/entries/{_entry_path(entity_path, key)}" + _query(
-            {"min_confidence": min_confidence or None, "consistent": consistent or None})
-        data = self._call("GET", path, none_on_404=True)
-        return None if data is None else MemoryEntry.model_validate(data)
+        params = {"min_confidence": min_confidence or None, "consistent": consistent or None}
+        return _entry_or_none(self._call("GET", _entry_url(
+            "/api/v1/entries", "/api/v1/entry", entity_path, key, params)))
 
     def read_at_version(self, entity_path: str, key: str, version: int) -> MemoryEntry | None:
-        path = f"/api/v1/entries/{_entry_path(entity_path, key)}" + _query({"version": version})
-        data = self._call("GET", path, none_on_404=True)
-        return None if data is None else MemoryEntry.model_validate(data)
+        return _entry_or_none(self._call("GET", _entry_url(
+            "/api/v1/entries", "/api/v1/entry", entity_path, key, {"version": version})))
 
     def write(self, entry: MemoryEntry) -> MemoryEntry:
         """Store *entry* as the adapter would: version > 1 is the version to create."""
@@ -235,9 +249,9 @@ class SidecarAdapter(AdapterABC):
         return [MemoryEntry.model_validate(e) for page in self._pages(params) for e in page]
 
     def history(self, entity_path: str, key: str) -> builtins.list[MemoryEntry]:
-        data = self._call("GET", f"/api/v1/history/{_entry_path(entity_path, key)}",
-                          none_on_404=True)
-        return [] if data is None else [MemoryEntry.model_validate(e) for e in data["entries"]]
+        data = self._call("GET", _entry_url("/api/v1/history", "/api/v1/history",
+                                            entity_path, key, {}))
+        return [MemoryEntry.model_validate(e) for e in data["versions"]]
 
     def search(self, query: SearchQuery, **_: Any) -> builtins.list[MemoryEntry]:
         """AMFS search semantics, evaluated by the sidecar over its index."""
@@ -246,12 +260,12 @@ class SidecarAdapter(AdapterABC):
             # With recall_config the SDK scores the text itself; the adapter must not filter.
             body["query"] = None
         body["limit"] = max(1, min(int(body.get("limit") or 100), 1000))
-        data = self._call("POST", "/api/v1/search", body)
-        return [MemoryEntry.model_validate(e) for e in data["entries"]]
+        data = self._call("POST", "/api/v1/search", body)  # a bare list, as upstream
+        return [MemoryEntry.model_validate(e) for e in data]
 
     def commit_outcome(self, record: OutcomeRecord) -> builtins.list[MemoryEntry]:
         data = self._call("POST", "/api/v1/outcomes", {"record": record.model_dump(mode="json")})
-        return [MemoryEntry.model_validate(e) for e in data["updated"]]
+        return [MemoryEntry.model_validate(e) for e in data["entries"]]
 
     def list_outcomes(
         self, *, entity_path: str | None = None, since: datetime | None = None,

@@ -9,6 +9,7 @@ and the worker threads share them, and no method does I/O.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -22,8 +23,12 @@ Name = tuple[str, str]
 
 
 def encode_entry(entry: MemoryEntry) -> bytes:
-    """The stored JSON form of an entry (``model_dump(mode="json")``), as bytes."""
-    return entry.model_dump_json().encode("utf-8")
+    """An entry as the API answers it: the stored JSON (``model_dump(mode="json")``)
+    plus ``evidence_status`` and ``posterior``, the two properties amfs-http-server
+    adds beside it (``MemoryEntry`` ignores them when it parses the body back)."""
+    p, n = entry.posterior
+    extra = json.dumps({"evidence_status": entry.evidence_status, "posterior": {"p": p, "n": n}})
+    return entry.model_dump_json().encode("utf-8")[:-1] + b"," + extra[1:].encode("utf-8")
 
 
 @dataclass

@@ -41,12 +41,19 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/ready", "Readiness: first full sync done and the bucket reachable.",
               responses={200: m.Readiness, 503: m.Readiness}),
     Operation("get", "/openapi.json", "This document.", responses={200: "application/json"}),
+    Operation("get", "/api/v1/health", "Liveness, in amfs-http-server's shape.",
+              responses={200: m.ApiHealth}),
     Operation(
         "get", "/api/v1/entries/{entity_path}/{key}",
         "Read the current version of a key (from the index and cache unless consistent=true), "
-        "or a given version.",
+        "or a given version. A missing one is 200 {status: not_found}, as upstream.",
         params=m.ReadParams, path_params=("entity_path", "key"),
-        responses={200: m.MemoryEntry, 404: m.ErrorResponse, **_BAD},
+        responses={200: m.MemoryEntry, **_BAD},
+    ),
+    Operation(
+        "get", "/api/v1/entry",
+        "The same read with the coordinates in the query: the route for keys holding '/'.",
+        params=m.EntryParams, responses={200: m.MemoryEntry, **_BAD},
     ),
     Operation(
         "post", "/api/v1/entries",
@@ -56,16 +63,24 @@ OPERATIONS: tuple[Operation, ...] = (
                    413: m.ErrorResponse, **_BAD},
     ),
     Operation(
-        "get", "/api/v1/entries", "List current entries (or every version), paged by cursor.",
+        "get", "/api/v1/entries",
+        "List current entries (or every version), sorted; paged by offset or cursor, with the "
+        "total over all pages.",
         params=m.ListParams, responses={200: m.EntryList, **_BAD},
     ),
     Operation(
-        "get", "/api/v1/history/{entity_path}/{key}", "Every version of a key, oldest first.",
-        path_params=("entity_path", "key"),
-        responses={200: m.EntryList, 404: m.ErrorResponse, **_BAD},
+        "get", "/api/v1/history/{entity_path}/{key}",
+        "Every version of a key, oldest first (none for a missing key).",
+        params=m.HistoryParams, path_params=("entity_path", "key"),
+        responses={200: m.History, **_BAD},
     ),
     Operation(
-        "post", "/api/v1/search", "Search current entries with AMFS filter semantics.",
+        "get", "/api/v1/history", "History with the coordinates in the query (keys with '/').",
+        params=m.HistoryQueryParams, responses={200: m.History, **_BAD},
+    ),
+    Operation(
+        "post", "/api/v1/search",
+        "Search current entries with AMFS filter semantics; a bare list, as upstream.",
         bodies=(m.SearchRequest,), responses={200: m.SearchResponse, **_BAD},
     ),
     Operation(
@@ -78,7 +93,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "get", "/api/v1/outcomes", "Outcome records, newest first.",
         params=m.OutcomeParams, responses={200: m.OutcomeList, **_BAD},
     ),
-    Operation("get", "/api/v1/stats", "Counts from the index (no S3 listing).",
+    Operation("get", "/api/v1/stats",
+              "amfs-http-server's aggregates over current entries, and the index's counts.",
               responses={200: m.Stats}),
     Operation(
         "get", "/api/v1/stream",
@@ -125,7 +141,7 @@ def _query_parameters(params: type[BaseModel]) -> list[dict[str, Any]]:
 def _path_parameters(names: tuple[str, ...]) -> list[dict[str, Any]]:
     described = {
         "entity_path": "Entity path; may contain '/' (each segment percent-encoded).",
-        "key": "Key: one segment.",
+        "key": "Key: the last path segment (a key holding '/' goes through the query route).",
     }
     return [
         {"name": n, "in": "path", "required": True, "schema": {"type": "string"},
@@ -167,7 +183,8 @@ def _operation(op: Operation, refs: dict[tuple[type[BaseModel], str], str]) -> d
 
 
 _REASONS = {
-    200: "OK", 201: "Created", 400: "Malformed request or an illegal name",
+    200: "OK (a missing entry is {status: not_found})", 201: "Created",
+    400: "Malformed request or an illegal name",
     403: "The sidecar is read-only", 404: "Not found", 409: "Version conflict",
     413: "Entry larger than the configured maximum", 422: "Body or query fails validation",
     503: "S3 unreachable or failing",

@@ -64,6 +64,7 @@ class SidecarConfig:
     workers: int = 16
     lookback_ms: int = DEFAULT_LOOKBACK_MS
     writer_id: str | None = None
+    agent_id: str | None = None  # who writes when a request names no one; None: the hostname
     adapter_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -195,6 +196,7 @@ class Sidecar:
             adapter=adapter, index=index, cache=cache, hub=hub, sync=sync,
             metrics=self.metrics, offload=offload, max_entry_bytes=cfg.max_entry_bytes,
             read_only=cfg.read_only, heartbeat=cfg.heartbeat_seconds, version=__version__,
+            **({"agent_id": cfg.agent_id} if cfg.agent_id else {}),
         )
 
     def _metrics_app(self, ctx: ApiContext) -> web.Application:

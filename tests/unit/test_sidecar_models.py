@@ -26,7 +26,8 @@ def test_expected_version_asks_for_the_next_one() -> None:
     ({"confidence": -0.1}, "confidence"),
     ({"memory_type": "rumour"}, "memory_type"),
     ({"expected_version": 0}, "expected_version"),
-    ({"bogus": True}, "bogus"),
+    ({"branch": "dev"}, "branch"),
+    ({"agent_id": ""}, "agent_id"),
 ])
 def test_bad_fields_name_themselves(change: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError) as caught:

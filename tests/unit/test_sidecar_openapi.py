@@ -40,6 +40,8 @@ def test_query_parameters_come_from_the_params_models() -> None:
     read = build_openapi()["paths"]["/api/v1/entries/{entity_path}/{key}"]["get"]
     names = {p["name"]: p["in"] for p in read["parameters"]}
     assert names == {"entity_path": "path", "key": "path", "version": "query",
-                     "consistent": "query", "min_confidence": "query"}
+                     "consistent": "query", "min_confidence": "query", "branch": "query"}
+    by_query = build_openapi()["paths"]["/api/v1/entry"]["get"]
+    assert {p["name"] for p in by_query["parameters"] if p["required"]} == {"entity_path", "key"}
     stream = build_openapi()["paths"]["/api/v1/stream"]["get"]
     assert {"name": "Last-Event-ID", "in": "header"}.items() <= stream["parameters"][-1].items()

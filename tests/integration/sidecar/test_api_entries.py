@@ -97,28 +97,38 @@ async def test_read_a_historical_version_and_history(sidecar: RunningSidecar) ->
         assert (status, first["value"]) == (200, "a")
         status, body = await get(s, "/api/v1/entries/checkout-service/retry-pattern",
                                  version="9")
-        assert status == 404 and "no version 9" in body["detail"]
+        assert (status, body) == (200, {"status": "not_found", "version": 9,
+                                        "entity_path": "checkout-service",
+                                        "key": "retry-pattern"})
         status, hist = await get(s, "/api/v1/history/checkout-service/retry-pattern")
         assert status == 200
-        assert [e["value"] for e in hist["entries"]] == ["a", "b"]
+        assert (hist["entity_path"], hist["key"], hist["version_count"]) == (
+            "checkout-service", "retry-pattern", 2)
+        assert [e["value"] for e in hist["versions"]] == ["a", "b"]
         status, body = await get(s, "/api/v1/history/checkout-service/nothing")
-        assert status == 404 and body["detail"] == "no entry checkout-service/nothing"
+        assert (status, body) == (200, {"entity_path": "checkout-service", "key": "nothing",
+                                        "version_count": 0, "versions": []})
 
 
-async def test_missing_entry_is_404(sidecar: RunningSidecar) -> None:
+async def test_missing_entry_is_200_not_found_as_upstream(sidecar: RunningSidecar) -> None:
     async with sidecar.session() as s:
         status, body = await get(s, "/api/v1/entries/nobody/nothing")
-    assert status == 404
-    assert body == {"detail": "no entry nobody/nothing"}
+        assert (status, body) == (200, {"status": "not_found", "entity_path": "nobody",
+                                        "key": "nothing"})
+        status, body = await get(s, "/api/v1/entry", entity_path="nobody", key="a/b")
+    assert (status, body) == (200, {"status": "not_found", "entity_path": "nobody",
+                                    "key": "a/b"})
 
 
 async def test_min_confidence_hides_a_weak_entry(sidecar: RunningSidecar) -> None:
     async with sidecar.session() as s:
         await post(s, "/api/v1/entries", {**WRITE, "confidence": 0.4})
-        assert (await get(s, "/api/v1/entries/checkout-service/retry-pattern",
-                          min_confidence="0.5"))[0] == 404
-        assert (await get(s, "/api/v1/entries/checkout-service/retry-pattern",
-                          min_confidence="0.3"))[0] == 200
+        _, weak = await get(s, "/api/v1/entries/checkout-service/retry-pattern",
+                            min_confidence="0.5")
+        assert weak["status"] == "not_found"
+        _, found = await get(s, "/api/v1/entries/checkout-service/retry-pattern",
+                             min_confidence="0.3")
+        assert found["version"] == 1
 
 
 async def test_names_with_reserved_characters_round_trip(sidecar: RunningSidecar) -> None:
@@ -156,11 +166,12 @@ async def test_expected_version_conflict_is_409_and_writes_nothing(
     ("body", "status", "needle"),
     [
         ({**WRITE, "entity_path": "a/../b"}, 400, "entity_path segment '..' is not allowed"),
-        ({**WRITE, "key": "a/b"}, 400, "key 'a/b' contains '/'"),
+        ({**WRITE, "key": "k" * 256}, 400, "key segment 'kkk"),
+        ({**WRITE, "branch": "dev"}, 422, "branch 'dev' is not available"),
+        ({**WRITE, "memory_type": "rumour"}, 422, "memory_type"),
         ({**WRITE, "entity_path": ""}, 400, "entity_path is empty"),
         ({**WRITE, "confidence": 1.5}, 422, "confidence: Input should be less than or equal to 1"),
-        ({k: v for k, v in WRITE.items() if k != "agent_id"}, 422, "agent_id: Field required"),
-        ({**WRITE, "surprise": 1}, 422, "surprise: Extra inputs are not permitted"),
+        ({**WRITE, "agent_id": ""}, 422, "agent_id: String should have at least 1 character"),
         ({**WRITE, "expected_version": 0}, 422, "expected_version"),
         ({"entry": {"entity_path": "a"}}, 422, "entry.key: Field required"),
     ],
@@ -263,7 +274,8 @@ async def test_read_only_sidecar_refuses_writes_with_403(
         status, body = await post(s, "/api/v1/outcomes", {"outcome_ref": "o", "outcome_type":
                                                           "success", "agent_id": "a"})
         assert status == 403
-        assert (await get(s, "/api/v1/entries/checkout-service/retry-pattern"))[0] == 404
+        _, read = await get(s, "/api/v1/entries/checkout-service/retry-pattern")
+        assert read["status"] == "not_found"
 
 
 async def test_s3_failures_are_503_never_404(sidecar_factory: SidecarFactory, s3_settings: Any,
@@ -329,7 +341,8 @@ async def test_every_route_that_needs_s3_answers_503_when_s3_fails(
     [
         ("GET", "/api/v1/entries/svc/k?version=abc", None, 422, "version"),
         ("GET", "/api/v1/entries/svc/k?consistent=maybe", None, 422, "consistent"),
-        ("GET", "/api/v1/entries/svc/k?bogus=1", None, 422, "bogus"),
+        ("GET", "/api/v1/entries/svc/k?branch=dev", None, 422, "branch"),
+        ("GET", "/api/v1/entry?entity_path=svc", None, 422, "key"),
         ("GET", "/api/v1/entries/a/%2E%2E/k", None, 400, "segment '..' is not allowed"),
         ("GET", "/api/v1/history/svc", None, 400, "must name an entity and a key"),
         ("GET", "/api/v1/history/a/%01/k", None, 400, "control character"),
