@@ -88,3 +88,10 @@ def test_missing_bucket_is_one_clear_error(capsys: pytest.CaptureFixture[str],
                                            restore_logging: None) -> None:
     assert cli.main([], {}) == 2
     assert "AMFS_S3_BUCKET is required" in capsys.readouterr().err
+
+
+def test_agent_id_from_flag_env_or_none() -> None:
+    assert config_for([], ENV).agent_id is None  # the server then uses the hostname
+    assert config_for([], {**ENV, "AMFS_AGENT_ID": "pod-abc"}).agent_id == "pod-abc"
+    assert config_for(["--agent-id", "flag"], {**ENV, "AMFS_AGENT_ID": "pod-abc"}
+                      ).agent_id == "flag"
