@@ -313,7 +313,7 @@ def _agent_id(request: web.Request, sent: str | None) -> str:
 
 
 def _not_found(entity_path: str, key: str, **extra: Any) -> web.Response:
-    body = models.NotFound(entity_path=entity_path, key=key).model_dump()
+    body = models.NotFound(status="not_found", entity_path=entity_path, key=key).model_dump()
     return web.json_response({**body, **extra})
 
 

@@ -244,7 +244,7 @@ class ErrorResponse(BaseModel):
 class NotFound(BaseModel):
     """A read of a key with no (visible) current version: 200, as amfs-http-server."""
 
-    status: Literal["not_found"] = "not_found"
+    status: Literal["not_found"]
     entity_path: str
     key: str
 

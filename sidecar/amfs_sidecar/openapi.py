@@ -20,6 +20,8 @@ from amfs_sidecar import models as m
 REF = "#/components/schemas/{model}"
 
 Status = int
+# A response is one model, a content type, or several models (JSON Schema oneOf).
+Response = type[BaseModel] | str | tuple[type[BaseModel], ...]
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Operation:
     params: type[BaseModel] | None = None
     path_params: tuple[str, ...] = ()
     bodies: tuple[type[BaseModel], ...] = ()
-    responses: dict[Status, type[BaseModel] | str] = field(default_factory=dict)
+    responses: dict[Status, Response] = field(default_factory=dict)
 
 
 _BAD = {400: m.ErrorResponse, 422: m.ErrorResponse, 503: m.ErrorResponse}
@@ -48,12 +50,12 @@ OPERATIONS: tuple[Operation, ...] = (
         "Read the current version of a key (from the index and cache unless consistent=true), "
         "or a given version. A missing one is 200 {status: not_found}, as upstream.",
         params=m.ReadParams, path_params=("entity_path", "key"),
-        responses={200: m.MemoryEntry, **_BAD},
+        responses={200: (m.MemoryEntry, m.NotFound), **_BAD},
     ),
     Operation(
         "get", "/api/v1/entry",
         "The same read with the coordinates in the query: the route for keys holding '/'.",
-        params=m.EntryParams, responses={200: m.MemoryEntry, **_BAD},
+        params=m.EntryParams, responses={200: (m.MemoryEntry, m.NotFound), **_BAD},
     ),
     Operation(
         "post", "/api/v1/entries",
@@ -111,9 +113,11 @@ def _schemas() -> tuple[dict[tuple[type[BaseModel], str], str], dict[str, Any]]:
     pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = []
     for op in OPERATIONS:
         pairs.extend((body, "validation") for body in op.bodies)
-        pairs.extend(
-            (resp, "serialization") for resp in op.responses.values() if not isinstance(resp, str)
-        )
+        for resp in op.responses.values():
+            if isinstance(resp, tuple):
+                pairs.extend((model, "serialization") for model in resp)
+            elif not isinstance(resp, str):
+                pairs.append((resp, "serialization"))
     pairs = list(dict.fromkeys(pairs))
     key_map, top = models_json_schema(pairs, ref_template=REF)
     refs: dict[tuple[type[BaseModel], str], str] = {
@@ -174,6 +178,9 @@ def _operation(op: Operation, refs: dict[tuple[type[BaseModel], str], str]) -> d
         if isinstance(resp, str):
             content = {resp: {"schema": {"type": "string"} if resp.startswith("text/")
                                 else {"type": "object"}}}
+        elif isinstance(resp, tuple):
+            variants = [{"$ref": refs[(model, "serialization")]} for model in resp]
+            content = {"application/json": {"schema": {"oneOf": variants}}}
         else:
             content = {"application/json": {"schema": {"$ref": refs[(resp, "serialization")]}}}
         responses[str(status)] = {"description": _REASONS.get(status, "response"),
