@@ -150,7 +150,7 @@ async def warm_up(socket_path: Path) -> None:
 async def stored_history(socket_path: Path, key: str) -> list[dict[str, Any]]:
     async with connect(socket_path) as s, s.get(f"/api/v1/history/{ENTITY}/{key}") as response:
         assert response.status == 200
-        return list((await response.json())["entries"])
+        return list((await response.json())["versions"])
 
 
 async def test_64_clients_mixing_reads_writes_and_streams_lose_nothing(
