@@ -66,6 +66,23 @@ def test_agent_memory_over_the_sidecar(memory: AgentMemory, sidecar: RunningSide
     assert sidecar.client().sidecar_stats()["entries"] == 3
 
 
+def test_the_adapter_maps_the_compatible_shapes(sidecar: RunningSidecar) -> None:
+    adapter = sidecar.client()
+    adapter.write(entry("a", "b/c", "slashed"))
+    adapter.write(entry("a/b", "c", "nested"))
+    adapter.write(entry("a", "b/c", "again"))
+    assert adapter.read("a", "missing") is None
+    assert adapter.read_at_version("a", "b/c", 9) is None
+    slashed, nested = adapter.read("a", "b/c"), adapter.read("a/b", "c")
+    assert slashed is not None and (slashed.value, slashed.version) == ("again", 2)
+    assert nested is not None and nested.value == "nested"
+    first = adapter.read_at_version("a", "b/c", 1)
+    assert first is not None and first.value == "slashed"
+    assert [e.value for e in adapter.history("a", "b/c")] == ["slashed", "again"]
+    assert adapter.history("a", "missing") == []
+    assert [(e.entity_path, e.key) for e in adapter.list("a")] == [("a", "b/c")]
+
+
 def test_watch_sees_writes_from_this_pod_and_from_another(
     sidecar_factory: SidecarFactory,
 ) -> None:
