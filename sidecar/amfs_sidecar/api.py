@@ -78,6 +78,11 @@ class ReadOnlyError(ApiError):
         super().__init__(403, "this sidecar is read-only (--read-only): writes are refused")
 
 
+def default_agent_id() -> str:
+    """Who writes when nobody says: this host (in a pod the injector passes the pod name)."""
+    return socket.gethostname()
+
+
 class KeyLocks:
     """An asyncio lock per (entity_path, key), kept only while someone holds or
     waits for it, so the registry never outgrows the writes in flight."""
@@ -119,7 +124,7 @@ class ApiContext:
     heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
     version: str = "0.1.0"
     draining: bool = False
-    agent_id: str = field(default_factory=socket.gethostname)
+    agent_id: str = field(default_factory=default_agent_id)
     write_locks: KeyLocks = field(default_factory=KeyLocks)
     stats_memo: tuple[tuple[int, int, int], dict[str, Any]] | None = None
 

@@ -175,6 +175,7 @@ def _operation(op: Operation, refs: dict[tuple[type[BaseModel], str], str]) -> d
         doc["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
     responses: dict[str, Any] = {}
     for status, resp in sorted(op.responses.items()):
+        content: dict[str, Any]
         if isinstance(resp, str):
             content = {resp: {"schema": {"type": "string"} if resp.startswith("text/")
                                 else {"type": "object"}}}

@@ -31,7 +31,7 @@ from amfs_s3.config import S3Settings, read_credentials_dir
 from amfs_s3.exceptions import ConfigError
 from amfs_s3.journal import DEFAULT_LOOKBACK_MS
 from amfs_sidecar import __version__
-from amfs_sidecar.api import CTX, ApiContext, add_probe_routes, build_app
+from amfs_sidecar.api import CTX, ApiContext, add_probe_routes, build_app, default_agent_id
 from amfs_sidecar.credentials import DEFAULT_CHECK_SECONDS, CredentialsWatcher
 from amfs_sidecar.exceptions import SocketInUseError
 from amfs_sidecar.index import EntryIndex, ValueCache
@@ -196,7 +196,7 @@ class Sidecar:
             adapter=adapter, index=index, cache=cache, hub=hub, sync=sync,
             metrics=self.metrics, offload=offload, max_entry_bytes=cfg.max_entry_bytes,
             read_only=cfg.read_only, heartbeat=cfg.heartbeat_seconds, version=__version__,
-            **({"agent_id": cfg.agent_id} if cfg.agent_id else {}),
+            agent_id=cfg.agent_id or default_agent_id(),
         )
 
     def _metrics_app(self, ctx: ApiContext) -> web.Application:
