@@ -142,3 +142,17 @@ async def test_a_read_of_a_name_no_write_could_store_is_the_writes_400(
     assert status == 400 and "1024 bytes" in written["detail"]
     for got, body in answers:
         assert (got, body["type"], body["detail"]) == (400, "InvalidNameError", written["detail"])
+
+
+async def test_a_name_with_a_newline_is_refused_by_the_naming_rules(
+    sidecar: RunningSidecar,
+) -> None:
+    from yarl import URL
+
+    async with sidecar.session() as s:
+        for route in ("entries", "history"):
+            url = URL(f"/api/v1/{route}/svc/a%0Ab", encoded=True)
+            async with s.get(url) as response:
+                answer = await response.json()
+            assert response.status == 400, answer
+            assert "control character" in answer["detail"]
