@@ -17,7 +17,7 @@ from amfs_operator.kube import connection_info
 from amfs_operator.reconcile import Outcome, Runtime
 
 HANDLER_BACKOFF_SECONDS = 10.0
-LABEL_MISSING_REASON = "AMFSLabelMissing"
+LABEL_MISSING_REASON = "MemoryLabelMissing"
 
 PodIndex = Mapping[tuple[str, str], Iterable[Consumer]]  # (namespace, memory) -> its pods
 

@@ -15,6 +15,7 @@ from amfs_operator import injection, resources, webhook, webhook_certs
 from amfs_operator.cli import parse_args
 from scripts.render_manifests import CHART, NAMESPACE
 from tests.chart.conftest import ALL_FEATURES, Render, find, objects
+from tests.fixtures.admission import webhook_selects
 
 # Objects the API server knows without CRDs; everything else the chart renders is
 # listed in CUSTOM_KINDS (validated structurally, their CRDs are not ours).
@@ -200,7 +201,6 @@ def test_webhook_calls_the_kopf_handler_through_the_webhook_service(
     }
     assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                               "resources": ["pods"], "scope": "Namespaced"}]
-    assert hook["failurePolicy"] == "Ignore"
     assert hook["sideEffects"] == "None"
     assert hook["admissionReviewVersions"] == ["v1"]
 
@@ -213,13 +213,70 @@ def test_webhook_skips_system_namespaces_its_own_and_injected_pods(
     assert expression["key"] == "kubernetes.io/metadata.name"
     assert expression["operator"] == "NotIn"
     assert set(expression["values"]) == set(injection.SYSTEM_NAMESPACES) | {NAMESPACE}
-    assert hook["objectSelector"] == {"matchExpressions": [
-        {"key": injection.LABEL_SIDECAR, "operator": "DoesNotExist"}]}
+    labelled = {injection.LABEL_MEMORY: "team", "app": "planner"}
+    for namespace in [*injection.SYSTEM_NAMESPACES, NAMESPACE]:
+        assert not webhook_selects(hook, namespace=namespace, labels=labelled)
+    assert not webhook_selects(hook, namespace="agents", labels={
+        **labelled, injection.LABEL_SIDECAR: injection.LABEL_SIDECAR_INJECTED})
 
     [hook] = find(all_docs, "MutatingWebhookConfiguration")["webhooks"]
     assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [
         "kube-system", "monitoring", NAMESPACE]
-    assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Fail", 5)
+    assert not webhook_selects(hook, namespace="monitoring", labels=labelled)
+    assert webhook_selects(hook, namespace="kube-public", labels=labelled)
+
+
+@pytest.mark.parametrize("values", [None, ALL_FEATURES], ids=["default", "all"])
+def test_webhook_is_sent_only_pods_labelled_with_a_memory(
+    render: Render, values: dict[str, Any] | None
+) -> None:
+    [hook] = find(objects(render(values)), "MutatingWebhookConfiguration")["webhooks"]
+
+    assert webhook_selects(hook, namespace="agents", labels={"amfs.dev/memory": "team"})
+    assert webhook_selects(hook, namespace="agents", labels={"amfs.dev/memory": "team",
+                                                             "app": "planner"})
+    # Everything else in the cluster never reaches (or waits for) the operator.
+    for labels in ({}, {"app": "planner"}, {"amfs.dev/memory-x": "team"},
+                   {"amfs.dev/sidecar": "injected"}):
+        assert not webhook_selects(hook, namespace="agents", labels=labels), labels
+    # The old opt-in, an annotation, is invisible to a selector: such pods are not sent.
+    assert "annotations" not in json.dumps(hook["objectSelector"])
+    # Only pod creation is intercepted.
+    assert not webhook_selects(hook, namespace="agents", labels={"amfs.dev/memory": "team"},
+                               operation="UPDATE")
+    assert not webhook_selects(hook, namespace="agents", labels={"amfs.dev/memory": "team"},
+                               resource="deployments", group="apps")
+
+
+def test_webhook_fails_closed_and_quickly_by_default(
+    default_docs: list[dict[str, Any]], render: Render
+) -> None:
+    [hook] = find(default_docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["failurePolicy"] == "Fail"  # a labelled pod never starts without its memory
+    assert 1 <= hook["timeoutSeconds"] <= 5
+    container = operator_container(default_docs)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # The handler answers a failed memory lookup by the same policy.
+    assert env["AMFS_WEBHOOK_FAILURE_POLICY"] == "Fail"
+    assert env["AMFS_SIDECAR_HTTP_PORT"] == str(resources.DEFAULT_HTTP_PORT)
+
+    relaxed = objects(render({"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 3}}))
+    [hook] = find(relaxed, "MutatingWebhookConfiguration")["webhooks"]
+    assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Ignore", 3)
+    env = {e["name"]: e.get("value") for e in operator_container(relaxed)["env"]}
+    assert env["AMFS_WEBHOOK_FAILURE_POLICY"] == "Ignore"
+    with pytest.raises(helm_python.HelmValuesError, match="timeoutSeconds"):
+        render({"webhook": {"timeoutSeconds": 30}})
+
+
+def test_sidecar_http_port_reaches_the_operator(render: Render) -> None:
+    docs = objects(render({"sidecar": {"httpPort": 9100}}))
+    env = {e["name"]: e.get("value") for e in operator_container(docs)["env"]}
+    settings = injection.InjectionSettings.from_environment(env=env)
+    assert settings.http_port == 9100
+    for bad in (9464, 70000):
+        with pytest.raises(helm_python.HelmValuesError, match="httpPort"):
+            render({"sidecar": {"httpPort": bad}})
 
 
 def test_helm_generated_certificate_serves_the_webhook_service(
