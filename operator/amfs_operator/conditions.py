@@ -123,12 +123,11 @@ def transitions(previous: MemoryStatus, current: MemoryStatus) -> list[Event]:
 
 
 def with_condition(
-    previous: MemoryStatus, type_: str, check: Check, *, now: str
+    previous: MemoryStatus, type_: str, check: Check, *, generation: int | None, now: str
 ) -> tuple[Condition, ...]:
     """*previous*'s conditions with *type_* set from *check* (its transition time kept
     while its status holds)."""
-    updated = _condition(type_, check, previous.observed_generation,
-                         previous.condition(type_), now)
+    updated = _condition(type_, check, generation, previous.condition(type_), now)
     others = tuple(c for c in previous.conditions if c.type != type_)
     return (*others, updated) if previous.condition(type_) is None else tuple(
         updated if c.type == type_ else c for c in previous.conditions)

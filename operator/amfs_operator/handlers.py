@@ -40,10 +40,11 @@ def reconcile_memory(
     namespace: str, name: str, memo: Runtime, memory_claims: ClaimIndex,
     memory_pods: PodIndex, **_: Any,
 ) -> None:
-    """On create, update, resume and every re-probe tick."""
+    """On create, update, resume and every re-probe tick. The sidecars first: the
+    reconcile keeps their condition, so its status write is the last one."""
+    sidecars.report(memo.kube, memo.locks, namespace, name,
+                    _pods_of(memory_pods, namespace, name))
     reconcile.reconcile_stored(memo, namespace, name, memory_claims, announce=_emit)
-    sidecars.report(memo.kube, memo.locks, namespace, name, _pods_of(memory_pods, namespace,
-                                                                        name))
 
 
 def follow_consumer(

@@ -37,7 +37,8 @@ def report(
             return False
         raw = body.get("status") or {}
         previous = parse_status(raw)
-        conditions = with_condition(previous, consumers.CONDITION, check, now=_now())
+        conditions = with_condition(previous, consumers.CONDITION, check,
+                                    generation=body["metadata"].get("generation"), now=_now())
         if raw.get("sidecars") == sidecars and conditions == previous.conditions:
             return True
         kube.patch_memory_status(namespace, name, {
