@@ -5,6 +5,10 @@ each reconcile of the memory (so a memory created after its pods shows them at
 once). The consumers come from kopf's in-memory pod index: no API listing, and no
 S3 request. Writes take the memory's lock, as a reconcile does, so neither rolls
 the other's conditions back; nothing is written when nothing changed.
+
+A pod whose label is changed in place (rare: labels come from pod templates, and a
+changed template makes new pods) updates its new memory at once and its old one at
+that memory's next re-probe tick: a watch event does not carry the old labels.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ from typing import Any
 import helm_python
 import kubernetes_validate
 import pytest
+import yaml
 
 from amfs_operator import injection, resources, webhook, webhook_certs
-from amfs_operator.cli import parse_args
+from amfs_operator.cli import injection_off_reason, parse_args
 from scripts.render_manifests import CHART, NAMESPACE
 from tests.chart.conftest import ALL_FEATURES, Render, find, objects
 from tests.fixtures.admission import webhook_selects
@@ -155,6 +156,9 @@ def test_operator_arguments_are_what_the_operator_cli_accepts(
         "volumes"]}
     cert_volume = volumes[mounts[config.webhook_cert_dir]]
     assert cert_volume["secret"]["secretName"] == "amfs-webhook-tls"
+    # In the chart the webhook always runs: a missing certificate is a start-up error
+    # there, never a silent start without injection (labelled pods would be refused).
+    assert injection_off_reason(config) is None
 
 
 def test_operator_image_and_pod_settings_follow_the_values(all_docs: list[dict[str, Any]]) -> None:
@@ -563,9 +567,17 @@ def test_dashboards_can_be_switched_off(render: Render) -> None:
     assert dashboards(objects(render({"dashboards": {"enabled": False}}))) == {}
 
 
-def test_notes_tell_the_user_how_to_annotate_pods(render: Render) -> None:
+def test_notes_tell_the_user_how_to_label_pods(render: Render) -> None:
     notes = render()["amfs/templates/NOTES.txt"]
-    assert "amfs.dev/memory: NAME" in notes
+    snippet = notes[notes.index("     metadata:"):notes.index("amfs.dev/memory: NAME") + 21]
+    assert yaml.safe_load(snippet) == {"metadata": {"labels": {"amfs.dev/memory": "NAME"}}}
     assert "kubectl -n NAMESPACE get amfsmemories" in notes
     assert "grafana_dashboard=1" in notes
     assert "AMFS_SOCKET=/var/run/amfs/amfs.sock" in notes
+    assert "AMFS_HTTP_URL=http://127.0.0.1:8741" in notes
+    assert "labelled pods are refused until it is back (webhook.failurePolicy=Fail)" in notes
+    assert "does not exist (yet) is refused, naming the memory" in notes
+    relaxed = render({"webhook": {"failurePolicy": "Ignore"}, "sidecar": {"httpPort": 0}})[
+        "amfs/templates/NOTES.txt"]
+    assert "labelled pods start without a sidecar (webhook.failurePolicy=Ignore)" in relaxed
+    assert "AMFS_HTTP_URL" not in relaxed
