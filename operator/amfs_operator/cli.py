@@ -1,14 +1,17 @@
 """``amfs-operator``: ``kopf run`` with this operator's handlers and sensible settings.
 
-    amfs-operator                          # every namespace
+    amfs-operator                          # every namespace, your kubeconfig
     amfs-operator -n team-a -n team-b      # only these namespaces
     amfs-operator --metrics-port 9465 --health-port 8080 --log-format json
 
-The webhook's certificate is mounted (--webhook-cert-source mounted, the default: Helm,
-cert-manager or you put tls.crt and tls.key into --webhook-cert-dir), or issued by the
-operator itself at start-up (--webhook-cert-source self-signed): kept in the Secret
---webhook-secret of --webhook-namespace, written to --webhook-cert-dir, and its CA put
-into the caBundle of the MutatingWebhookConfiguration --webhook-config-name.
+Sidecar injection needs the webhook's certificate: mounted (--webhook-cert-source
+mounted, the default: Helm, cert-manager or you put tls.crt and tls.key into
+--webhook-cert-dir), or issued by the operator itself at start-up
+(--webhook-cert-source self-signed): kept in the Secret --webhook-secret of
+--webhook-namespace, written to --webhook-cert-dir, and its CA put into the caBundle
+of the MutatingWebhookConfiguration --webhook-config-name. Without any webhook flag
+and without a certificate in /etc/amfs/webhook-certs (a laptop, outside the chart)
+the operator reconciles memories and says in one line that injection is off.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class OperatorConfig:
     debug: bool = False
     # For the injection webhook (kopf's webhook server) and the sidecar it injects.
     webhook_port: int = DEFAULT_WEBHOOK_PORT  # 0: no injection webhook
-    webhook_cert_dir: str = DEFAULT_WEBHOOK_CERT_DIR
+    # None: DEFAULT_WEBHOOK_CERT_DIR if a certificate is there, else injection is off.
+    webhook_cert_dir: str | None = None
     # self-signed: the operator issues the certificate (webhook_certs) into webhook_cert_dir.
     webhook_cert_source: CertSource = "mounted"
     webhook_namespace: str | None = None  # the operator's own; required for self-signed
@@ -82,6 +86,10 @@ class OperatorConfig:
     @property
     def liveness(self) -> str | None:
         return f"http://{self.listen_host}:{self.health_port}/healthz" if self.health_port else None
+
+    @property
+    def cert_dir(self) -> str:
+        return self.webhook_cert_dir or DEFAULT_WEBHOOK_CERT_DIR
 
     @property
     def webhook_target(self) -> webhook_certs.Target:
@@ -105,20 +113,26 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
                        help="serve every namespace (the default)")
     scope.add_argument("-n", "--namespace", dest="namespaces", action="append", default=[],
                        help="serve only this namespace (repeatable)")
-    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
-                        help="Prometheus /metrics port (default %(default)s; 0 disables)")
-    parser.add_argument("--health-port", type=int, default=DEFAULT_HEALTH_PORT,
-                        help="liveness endpoint /healthz port (default %(default)s; 0 disables)")
-    parser.add_argument("--listen-host", default="0.0.0.0",
+    parser.add_argument("--metrics-port", type=int,
+                        default=_int_env("AMFS_OPERATOR_METRICS_PORT", DEFAULT_METRICS_PORT),
+                        help="Prometheus /metrics port (env AMFS_OPERATOR_METRICS_PORT; "
+                             "default %(default)s; 0 disables)")
+    parser.add_argument("--health-port", type=int,
+                        default=_int_env("AMFS_OPERATOR_HEALTH_PORT", DEFAULT_HEALTH_PORT),
+                        help="liveness endpoint /healthz port (env AMFS_OPERATOR_HEALTH_PORT; "
+                             "default %(default)s; 0 disables)")
+    parser.add_argument("--listen-host", default=env.get("AMFS_OPERATOR_LISTEN_HOST", "0.0.0.0"),
                         help="address of the metrics, health and webhook endpoints "
-                             "(default %(default)s)")
+                             "(env AMFS_OPERATOR_LISTEN_HOST; default %(default)s)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--webhook-port", type=int, default=DEFAULT_WEBHOOK_PORT,
                         help="HTTPS port of the sidecar-injection webhook "
                              "(default %(default)s; 0 disables)")
-    parser.add_argument("--webhook-cert-dir", default=DEFAULT_WEBHOOK_CERT_DIR,
+    parser.add_argument("--webhook-cert-dir", default=None,
                         help="tls.crt and tls.key of the webhook server; written there with "
-                             "--webhook-cert-source self-signed (default %(default)s)")
+                             "--webhook-cert-source self-signed. Given, a missing certificate "
+                             f"is an error; not given, {DEFAULT_WEBHOOK_CERT_DIR} is used if it "
+                             "holds one, else injection is off")
     parser.add_argument("--webhook-cert-source", choices=("mounted", "self-signed"),
                         default="mounted",
                         help="mounted: the certificate is in --webhook-cert-dir; self-signed: "
@@ -192,6 +206,16 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
     )
 
 
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"amfs-operator: env {name}={raw!r} is not a port number") from None
+
+
 def _webhook_flag_problems(args: argparse.Namespace) -> list[str]:
     found = []
     names = (("--webhook-service", args.webhook_service, DNS_LABEL, 63, "a DNS label"),
@@ -234,6 +258,21 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     return settings
 
 
+def injection_off_reason(config: OperatorConfig) -> str | None:
+    """Why the webhook does not run, or ``None`` if it does.
+
+    Only a start without any certificate flag may go without the webhook: given
+    flags (the chart's) with a missing certificate stay a start-up error, because
+    labelled pods are refused while the webhook is down."""
+    if not config.webhook_port:
+        return "--webhook-port is 0"
+    if config.webhook_cert_source == "self-signed" or config.webhook_cert_dir is not None:
+        return None
+    if webhook.has_certificate(DEFAULT_WEBHOOK_CERT_DIR):
+        return None
+    return f"no webhook certificate in {DEFAULT_WEBHOOK_CERT_DIR}"
+
+
 async def setup_webhook(
     config: OperatorConfig,
     registry: kopf.OperatorRegistry,
@@ -246,14 +285,14 @@ async def setup_webhook(
         # The Kubernetes client is synchronous: keep it off the event loop.
         await asyncio.to_thread(
             webhook_certs.provision, kube, config.webhook_target,
-            cert_dir=config.webhook_cert_dir,
+            cert_dir=config.cert_dir,
             validity=datetime.timedelta(days=config.webhook_cert_validity_days),
         )
     webhook.setup(
         registry, settings,
         lookup=kube.get_memory,
         port=config.webhook_port,
-        cert_dir=config.webhook_cert_dir,
+        cert_dir=config.cert_dir,
         image=config.sidecar_image,
         mode=config.sidecar_mode,
         addr=config.listen_host,
@@ -274,8 +313,17 @@ async def operate(
     registry = build_registry(probe_interval=config.probe_interval)
     settings = build_settings(config)
     try:
-        if config.webhook_port:
+        off = injection_off_reason(config)
+        if off is None:
             await setup_webhook(config, registry, settings, runtime.kube)
+        else:
+            log.log(
+                logging.WARNING if config.webhook_port else logging.INFO,
+                "event=injection_off reason=%r: sidecar injection is off, the operator only "
+                "reconciles AMFSMemory resources; to inject, install the chart (helm install "
+                "amfs charts/amfs), or run with --webhook-cert-source self-signed "
+                "--webhook-namespace NAMESPACE, or --webhook-cert-dir DIR holding tls.crt and "
+                "tls.key", off)
         await kopf.operator(
             registry=registry,
             settings=settings,

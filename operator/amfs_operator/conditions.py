@@ -89,7 +89,7 @@ def desired_status(
     conditions = tuple(
         _condition(type_, check, generation, previous.condition(type_), now)
         for type_, check in checks.items()
-    )
+    ) + tuple(c for c in previous.conditions if c.type not in checks)  # e.g. SidecarsReady
     return MemoryStatus(  # type: ignore[call-arg]
         observedGeneration=generation,
         phase=phase_of(findings),
@@ -120,6 +120,17 @@ def transitions(previous: MemoryStatus, current: MemoryStatus) -> list[Event]:
         message = f"{condition.type}={condition.status}: {condition.message}"
         events.append(Event(kind, condition.reason, message))
     return events
+
+
+def with_condition(
+    previous: MemoryStatus, type_: str, check: Check, *, generation: int | None, now: str
+) -> tuple[Condition, ...]:
+    """*previous*'s conditions with *type_* set from *check* (its transition time kept
+    while its status holds)."""
+    updated = _condition(type_, check, generation, previous.condition(type_), now)
+    others = tuple(c for c in previous.conditions if c.type != type_)
+    return (*others, updated) if previous.condition(type_) is None else tuple(
+        updated if c.type == type_ else c for c in previous.conditions)
 
 
 def _condition(

@@ -4,18 +4,22 @@ one place that says which event runs which handler."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
 
-from amfs_operator import GROUP, PLURAL, VERSION, index, reconcile
+from amfs_operator import GROUP, PLURAL, VERSION, consumers, index, injection, reconcile, sidecars
 from amfs_operator.conditions import Event
+from amfs_operator.consumers import Consumer
 from amfs_operator.index import ClaimIndex, SecretIndex
 from amfs_operator.kube import connection_info
 from amfs_operator.reconcile import Outcome, Runtime
 
 HANDLER_BACKOFF_SECONDS = 10.0
+LABEL_MISSING_REASON = "MemoryLabelMissing"
+
+PodIndex = Mapping[tuple[str, str], Iterable[Consumer]]  # (namespace, memory) -> its pods
 
 
 def memory_claims(body: kopf.Body, **_: Any) -> dict[Any, Any]:
@@ -26,11 +30,39 @@ def memories_by_secret(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return index.secret_entry(body)
 
 
+def memory_pods(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
+    """Index the pods using a memory: (namespace, memory) -> the pod as a consumer."""
+    name, found = consumers.memory_of(body), consumers.consumer(body)
+    return {(namespace, name): found} if name and found else {}
+
+
 def reconcile_memory(
-    namespace: str, name: str, memo: Runtime, memory_claims: ClaimIndex, **_: Any
+    namespace: str, name: str, memo: Runtime, memory_claims: ClaimIndex,
+    memory_pods: PodIndex, **_: Any,
 ) -> None:
-    """On create, update, resume and every re-probe tick."""
+    """On create, update, resume and every re-probe tick. The sidecars first: the
+    reconcile keeps their condition, so its status write is the last one."""
+    sidecars.report(memo.kube, memo.locks, namespace, name,
+                    _pods_of(memory_pods, namespace, name))
     reconcile.reconcile_stored(memo, namespace, name, memory_claims, announce=_emit)
+
+
+def follow_consumer(
+    body: kopf.Body, namespace: str, memo: Runtime, memory_pods: PodIndex, **_: Any
+) -> None:
+    """A labelled pod appeared, changed or went away: its memory's sidecar status follows."""
+    name = consumers.memory_of(body)
+    if name:
+        sidecars.report(memo.kube, memo.locks, namespace, name,
+                        _pods_of(memory_pods, namespace, name))
+
+
+def explain_label(type: str | None, body: kopf.Body, **_: Any) -> None:
+    """A new pod still opts in by the old annotation: tell it (Warning Event) about the label."""
+    name = injection.annotated_memory(body)
+    if type == "ADDED" and name:
+        kopf.warn(body, reason=LABEL_MISSING_REASON,
+                  message=injection.annotation_only_message(name))
 
 
 def finalize_memory(
@@ -61,6 +93,10 @@ def login(memo: Runtime, **_: Any) -> kopf.ConnectionInfo:
     return connection_info(memo.kube.api.configuration)
 
 
+def _pods_of(index: PodIndex, namespace: str, name: str) -> list[Consumer]:
+    return list(index.get((namespace, name), ()))
+
+
 def _write(body: Mapping[str, Any], outcome: Outcome, patch: kopf.Patch) -> None:
     _emit(body, outcome.events)
     if outcome.changed:
@@ -86,6 +122,13 @@ def build_registry(*, probe_interval: float) -> kopf.OperatorRegistry:
     _wire(kopf.timer(**memory, interval=probe_interval, initial_delay=probe_interval,
                      id="reprobe"), reconcile_memory)
     _wire(kopf.on.event("", "v1", "secrets", registry=registry), follow_source_secret)
+    # Pods: read only (list, watch); kopf never patches them, as only event handlers
+    # and an index are registered.
+    pods: dict[str, Any] = {"group": "", "version": "v1", "plural": "pods", "registry": registry}
+    _wire(kopf.index(**pods), memory_pods)
+    _wire(kopf.on.event(**pods, labels={injection.LABEL_MEMORY: kopf.PRESENT}), follow_consumer)
+    _wire(kopf.on.event(**pods, labels={injection.LABEL_MEMORY: kopf.ABSENT},
+                        annotations={injection.ANNOTATION_MEMORY: kopf.PRESENT}), explain_label)
     return registry
 
 

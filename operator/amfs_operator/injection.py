@@ -4,16 +4,27 @@ The webhook (:mod:`amfs_operator.webhook`) only looks the memory up and turns th
 result into an admission response; every decision lives here so it can be tested
 on plain pod specs. The sidecar container and its volumes come from the builders
 in :mod:`amfs_operator.resources`; this module places them in the pod, points the
-app containers at the socket and applies the per-pod annotations.
+app containers at the socket and the loopback listener, and applies the per-pod
+annotations.
 
-Annotations read from the pod (all optional except the first):
+The opt-in is a LABEL, so the API server's ``objectSelector`` sends only those pods:
 
-``amfs.dev/memory``                  name of an AMFSMemory in the pod's namespace
+``amfs.dev/memory`` (label)          name of an AMFSMemory in the pod's namespace
+
+Annotations tune one pod (all optional):
+
 ``amfs.dev/poll-interval``           overrides ``spec.sidecar.pollInterval`` (``2s``, ``500ms``)
+``amfs.dev/http-port``               the sidecar's loopback port (default 8741; ``0``: none)
 ``amfs.dev/sidecar-cpu-request``     overrides the sidecar's resources, one field each
 ``amfs.dev/sidecar-cpu-limit``
 ``amfs.dev/sidecar-memory-request``
 ``amfs.dev/sidecar-memory-limit``
+
+A pod that asked for memory never starts without it: a memory that does not exist
+(yet) or has an invalid spec refuses the pod with a message naming it. Controllers
+(Deployment, StatefulSet, Job) retry creating their pods, so apply order does not
+matter; the sidecar itself cannot be built without the memory's spec (credentials
+mode, readOnly, resources).
 """
 
 from __future__ import annotations
@@ -31,8 +42,12 @@ from amfs_operator import resources
 from amfs_operator.exceptions import InjectionError, SpecError
 from amfs_operator.spec import Memory, parse_duration, parse_memory
 
+# The opt-in label; an annotation of the same name was the opt-in before 0.2 and is
+# only recognised to explain the label to its owner.
+LABEL_MEMORY = "amfs.dev/memory"
 ANNOTATION_MEMORY = "amfs.dev/memory"
 ANNOTATION_POLL_INTERVAL = "amfs.dev/poll-interval"
+ANNOTATION_HTTP_PORT = "amfs.dev/http-port"
 RESOURCE_ANNOTATIONS = {
     "amfs.dev/sidecar-cpu-request": ("requests", "cpu"),
     "amfs.dev/sidecar-cpu-limit": ("limits", "cpu"),
@@ -54,6 +69,7 @@ ENV_IMAGE = "AMFS_SIDECAR_IMAGE"
 ENV_MODE = "AMFS_SIDECAR_MODE"
 ENV_PULL_POLICY = "AMFS_SIDECAR_IMAGE_PULL_POLICY"
 ENV_FAILURE_POLICY = "AMFS_WEBHOOK_FAILURE_POLICY"
+ENV_HTTP_PORT = "AMFS_SIDECAR_HTTP_PORT"
 
 Mode = Literal["native", "container"]
 FailurePolicy = Literal["Ignore", "Fail"]
@@ -72,8 +88,9 @@ class InjectionSettings:
     image: str = resources.DEFAULT_IMAGE
     mode: Mode = "native"
     image_pull_policy: str | None = None
-    failure_policy: FailurePolicy = "Ignore"
+    failure_policy: FailurePolicy = "Fail"
     excluded_namespaces: frozenset[str] = SYSTEM_NAMESPACES
+    http_port: int = resources.DEFAULT_HTTP_PORT  # 0: the sidecar serves the socket only
 
     def __post_init__(self) -> None:
         if self.mode not in ("native", "container"):
@@ -87,6 +104,7 @@ class InjectionSettings:
             raise InjectionError(f"failure policy {self.failure_policy!r} is not Ignore or Fail")
         if not self.image:
             raise InjectionError("sidecar image must not be empty")
+        _check_http_port(self.http_port, f"{ENV_HTTP_PORT} (chart value sidecar.httpPort)")
 
     @classmethod
     def from_environment(
@@ -97,20 +115,21 @@ class InjectionSettings:
         env: Mapping[str, str] | None = None,
     ) -> InjectionSettings:
         """Flags win over env (``AMFS_SIDECAR_IMAGE``, ``AMFS_SIDECAR_MODE``,
-        ``AMFS_SIDECAR_IMAGE_PULL_POLICY``, ``AMFS_WEBHOOK_FAILURE_POLICY``)."""
+        ``AMFS_SIDECAR_IMAGE_PULL_POLICY``, ``AMFS_WEBHOOK_FAILURE_POLICY``,
+        ``AMFS_SIDECAR_HTTP_PORT``)."""
         env = os.environ if env is None else env
         return cls(
             image=image or env.get(ENV_IMAGE) or resources.DEFAULT_IMAGE,
             mode=(mode or env.get(ENV_MODE) or "native"),  # type: ignore[arg-type]
             image_pull_policy=env.get(ENV_PULL_POLICY) or None,
-            failure_policy=(env.get(ENV_FAILURE_POLICY) or "Ignore"),  # type: ignore[arg-type]
+            failure_policy=(env.get(ENV_FAILURE_POLICY) or "Fail"),  # type: ignore[arg-type]
+            http_port=_port_from(env.get(ENV_HTTP_PORT), ENV_HTTP_PORT,
+                                 resources.DEFAULT_HTTP_PORT),
         )
 
 
-Reason = Literal[
-    "injected", "not-annotated", "already-injected", "excluded-namespace", "memory-not-found",
-    "memory-invalid",
-]
+Reason = Literal["injected", "not-labelled", "annotation-only", "already-injected",
+                 "excluded-namespace"]
 
 
 @dataclass(frozen=True)
@@ -131,9 +150,23 @@ class Injection:
 
 
 def requested_memory(pod: Mapping[str, Any]) -> str | None:
-    """The AMFSMemory named by the pod's ``amfs.dev/memory`` annotation, if any."""
-    value = _annotations(pod).get(ANNOTATION_MEMORY)
-    return value.strip() if isinstance(value, str) and value.strip() else None
+    """The AMFSMemory named by the pod's ``amfs.dev/memory`` label, if any."""
+    return _named(((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_MEMORY))
+
+
+def annotated_memory(pod: Mapping[str, Any]) -> str | None:
+    """The AMFSMemory named by the old opt-in, the ``amfs.dev/memory`` annotation."""
+    return _named(_annotations(pod).get(ANNOTATION_MEMORY))
+
+
+def annotation_only_message(name: str) -> str:
+    """What a pod that still opts in by annotation is told (webhook warning, pod Event)."""
+    return (
+        f"annotation {ANNOTATION_MEMORY}={name!r} is set but label {LABEL_MEMORY} is not: "
+        f"the amfs sidecar is injected only into pods labelled {LABEL_MEMORY}=<AMFSMemory "
+        "name> (set the label on the pod template; annotations only tune the sidecar); "
+        "this pod runs without the sidecar"
+    )
 
 
 def is_injected(pod: Mapping[str, Any]) -> bool:
@@ -151,6 +184,12 @@ def poll_interval_override(pod: Mapping[str, Any]) -> float | None:
         return parse_duration(str(raw))
     except ValueError as exc:
         raise InjectionError(f"annotation {ANNOTATION_POLL_INTERVAL}: {exc}") from None
+
+
+def http_port(pod: Mapping[str, Any], settings: InjectionSettings) -> int:
+    """The sidecar's loopback port: the pod's ``amfs.dev/http-port``, else the settings'."""
+    raw = _annotations(pod).get(ANNOTATION_HTTP_PORT)
+    return _port_from(raw, f"annotation {ANNOTATION_HTTP_PORT}", settings.http_port)
 
 
 def resource_overrides(pod: Mapping[str, Any]) -> dict[str, dict[str, str]]:
@@ -183,17 +222,21 @@ def inject(
 ) -> Injection:
     """Decide and build: the pod with the sidecar of *memory*, or why it stays as it is.
 
-    *memory* is the AMFSMemory body the pod's annotation names (``None`` if it does
-    not exist). *namespace* is the pod's namespace when its metadata lacks one.
-    Raises :class:`InjectionError` when the pod's own annotations or volumes make
-    injection impossible; a missing or invalid memory only warns (the memory's
-    status tells why), so a pod is never blocked by someone else's mistake.
+    *memory* is the AMFSMemory body the pod's label names (``None`` if it does not
+    exist). *namespace* is the pod's namespace when its metadata lacks one.
+    Raises :class:`InjectionError` when the pod cannot get its sidecar: its own
+    annotations or volumes make injection impossible, or the memory it names does
+    not exist or is invalid. A pod that asked for memory never starts without it.
     """
     original = copy.deepcopy(dict(pod))
     name = requested_memory(pod)
     pod_namespace = (pod.get("metadata") or {}).get("namespace") or namespace
     if name is None:
-        return Injection(original, "not-annotated")
+        annotated = annotated_memory(pod)
+        if annotated is None:
+            return Injection(original, "not-labelled")
+        return Injection(original, "annotation-only", annotated,
+                         (annotation_only_message(annotated),))
     if is_injected(pod):
         return Injection(original, "already-injected", name)
     if pod_namespace in settings.excluded_namespaces:
@@ -202,20 +245,21 @@ def inject(
             (f"namespace {pod_namespace} is excluded from amfs sidecar injection; "
              f"the pod starts without a sidecar",),
         )
+    _refuse_disagreeing_annotation(pod, name)
     if memory is None:
-        return Injection(
-            original, "memory-not-found", name,
-            (f"AMFSMemory {name!r} not found in namespace {pod_namespace!r} "
-             f"({ANNOTATION_MEMORY}); the pod starts without the amfs sidecar",),
+        raise InjectionError(
+            f"label {LABEL_MEMORY}: AMFSMemory {name!r} does not exist in namespace "
+            f"{pod_namespace!r}, and a pod that asks for memory never starts without it; "
+            "create the AMFSMemory (kubectl get amem) - Deployments, StatefulSets and Jobs "
+            "retry creating their pods, so they start once it exists"
         )
     try:
         parsed = parse_memory(memory)
     except SpecError as exc:
-        return Injection(
-            original, "memory-invalid", name,
-            (f"AMFSMemory {name!r} has an invalid spec ({exc}); "
-             f"the pod starts without the amfs sidecar",),
-        )
+        raise InjectionError(
+            f"label {LABEL_MEMORY}: AMFSMemory {name!r} has an invalid spec ({exc}); "
+            "fix the AMFSMemory, its status says the same"
+        ) from None
     mutated = _with_sidecar(original, parsed, settings)
     return Injection(mutated, "injected", name, _readiness_warnings(memory))
 
@@ -231,7 +275,9 @@ def json_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict
 
 def sidecar(memory: Memory, pod: Mapping[str, Any], settings: InjectionSettings) -> dict[str, Any]:
     """The sidecar container for *pod*: the operator's builder plus what injection adds."""
-    container = resources.sidecar_container(memory, settings.image, settings.mode)
+    container = resources.sidecar_container(
+        memory, settings.image, settings.mode, http_port(pod, settings)
+    )
     args = list(container.get("args") or [])
     # The image's entrypoint takes the program first (docker/entrypoint.sh).
     if args[:1] != ["sidecar"]:
@@ -259,7 +305,8 @@ def _with_sidecar(
     spec = pod.setdefault("spec", {})
     container = sidecar(memory, pod, settings)
     volumes = resources.pod_volumes(memory)
-    _refuse_taken_names(spec, container, volumes)
+    port = http_port(pod, settings)
+    _refuse_taken_names(spec, container, volumes, port)
 
     app_containers = list(spec.get("containers") or [])
     if settings.mode == "native":
@@ -269,7 +316,7 @@ def _with_sidecar(
     else:
         spec["containers"] = [*(spec.get("containers") or []), container]
     for app in app_containers:
-        _add_env(app, resources.app_container_env())
+        _add_env(app, resources.app_container_env(port))
         for mount in resources.app_volume_mounts():
             _add_mount(app, mount)
 
@@ -298,14 +345,17 @@ def _add_readiness_probe(container: dict[str, Any]) -> None:
 
 
 def _refuse_taken_names(
-    spec: Mapping[str, Any], container: Mapping[str, Any], volumes: Iterable[Mapping[str, Any]]
+    spec: Mapping[str, Any],
+    container: Mapping[str, Any],
+    volumes: Iterable[Mapping[str, Any]],
+    listen_port: int,
 ) -> None:
     existing = {v.get("name") for v in spec.get("volumes") or []}
     for volume in volumes:
         if volume["name"] in existing:
             raise InjectionError(
                 f"spec.volumes: the pod already has a volume named {volume['name']!r}, which "
-                "the amfs sidecar needs (rename it, or remove the amfs.dev/memory annotation)"
+                "the amfs sidecar needs (rename it, or remove the amfs.dev/memory label)"
             )
     ports = {
         p.get("containerPort")
@@ -318,6 +368,21 @@ def _refuse_taken_names(
                 f"spec.containers: port {port.get('containerPort')} is already used in the pod; "
                 "the amfs sidecar serves its metrics and probes there"
             )
+    if listen_port and listen_port in ports:
+        raise InjectionError(
+            f"spec.containers: port {listen_port} is already used in the pod; the amfs sidecar's "
+            f"loopback HTTP listener needs it (set annotation {ANNOTATION_HTTP_PORT} to a free "
+            "port, or to 0 for the socket only)"
+        )
+
+
+def _refuse_disagreeing_annotation(pod: Mapping[str, Any], name: str) -> None:
+    annotated = annotated_memory(pod)
+    if annotated is not None and annotated != name:
+        raise InjectionError(
+            f"label {LABEL_MEMORY}={name!r} and annotation {ANNOTATION_MEMORY}={annotated!r} "
+            "name different memories; the label decides, remove the annotation"
+        )
 
 
 def _add_env(container: dict[str, Any], env: Iterable[Mapping[str, Any]]) -> None:
@@ -354,6 +419,32 @@ def _readiness_warnings(memory: Mapping[str, Any]) -> tuple[str, ...]:
         f"AMFSMemory {name!r} is not Ready ({ready.get('reason')}: {ready.get('message', '')}); "
         "the sidecar is not ready until the memory is",
     )
+
+
+def _port_from(raw: Any, where: str, default: int) -> int:
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        port = int(str(raw).strip())
+    except ValueError:
+        raise InjectionError(
+            f"{where}: {raw!r} is not a port number (1-65535, or 0 for no TCP listener)"
+        ) from None
+    _check_http_port(port, where)
+    return port
+
+
+def _check_http_port(port: int, where: str) -> None:
+    if not 0 <= port <= 65535:
+        raise InjectionError(f"{where}: {port} is not a port number (1-65535, or 0 for none)")
+    if port == resources.SIDECAR_METRICS_PORT:
+        raise InjectionError(
+            f"{where}: {port} is the sidecar's metrics port; choose another port"
+        )
+
+
+def _named(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:

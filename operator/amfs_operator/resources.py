@@ -36,6 +36,12 @@ SOCKET_VOLUME = "amfs-socket"
 CONFIG_VOLUME = "amfs-config"
 CREDENTIALS_VOLUME = "amfs-credentials"
 ENV_SOCKET = "AMFS_SOCKET"
+ENV_HTTP_URL = "AMFS_HTTP_URL"
+ENV_AGENT_ID = "AMFS_AGENT_ID"
+# The sidecar's loopback listener for upstream AMFS clients (amfs CLI, amfs-mcp-server,
+# HttpAdapter), which speak TCP only; loopback, so nothing outside the pod reaches it.
+DEFAULT_HTTP_PORT = 8741
+HTTP_HOST = "127.0.0.1"
 ENV_MEMORY_NAME = "AMFS_MEMORY_NAME"
 ENV_MEMORY_NAMESPACE = "AMFS_MEMORY_NAMESPACE"
 DEFAULT_SIDECAR_RESOURCES: dict[str, Any] = {
@@ -170,15 +176,24 @@ def update_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict
 SidecarMode = Literal["native", "container"]
 
 
-def sidecar_container(memory: Memory, image: str, mode: SidecarMode = "native") -> dict[str, Any]:
+def sidecar_container(
+    memory: Memory,
+    image: str,
+    mode: SidecarMode = "native",
+    http_port: int = DEFAULT_HTTP_PORT,
+) -> dict[str, Any]:
     """The sidecar container for a pod using *memory*.
 
     ``native``: an init container with ``restartPolicy: Always`` (Kubernetes >= 1.29), so it
     starts before and stops after the app; ``container``: a regular container for older
     clusters. Its startup probe passes once the sidecar's first sync is done (``/ready``).
+    It also listens on ``127.0.0.1:http_port`` (0: socket only) and takes its agent id,
+    the provenance of what it writes, from the pod's name.
     """
     args = ["sidecar", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--socket", SOCKET_PATH,
             "--metrics-port", str(SIDECAR_METRICS_PORT)]
+    if http_port:
+        args += ["--listen", f"{HTTP_HOST}:{http_port}"]
     mounts = [
         {"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR},
         {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
@@ -195,6 +210,8 @@ def sidecar_container(memory: Memory, image: str, mode: SidecarMode = "native") 
         "env": [
             {"name": ENV_MEMORY_NAME, "value": memory.name},
             {"name": ENV_MEMORY_NAMESPACE, "value": memory.namespace},
+            {"name": ENV_AGENT_ID,
+             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
         ],
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": SIDECAR_METRICS_PORT}],
         "volumeMounts": mounts,
@@ -226,9 +243,17 @@ def pod_volumes(memory: Memory) -> list[dict[str, Any]]:
     return volumes
 
 
-def app_container_env() -> list[dict[str, str]]:
-    """Env for every application container: where the sidecar's socket is."""
-    return [{"name": ENV_SOCKET, "value": SOCKET_PATH}]
+def http_url(http_port: int) -> str:
+    return f"http://{HTTP_HOST}:{http_port}"
+
+
+def app_container_env(http_port: int = DEFAULT_HTTP_PORT) -> list[dict[str, str]]:
+    """Env for every application container: where the sidecar's socket is and, for the
+    upstream clients that read ``AMFS_HTTP_URL``, its loopback listener."""
+    env = [{"name": ENV_SOCKET, "value": SOCKET_PATH}]
+    if http_port:
+        env.append({"name": ENV_HTTP_URL, "value": http_url(http_port)})
+    return env
 
 
 def app_volume_mounts() -> list[dict[str, Any]]:

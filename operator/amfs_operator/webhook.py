@@ -55,14 +55,14 @@ def mutate_pod(
     lookup: MemoryLookup,
     **_: Any,
 ) -> None:
-    """Give an annotated pod the sidecar of the AMFSMemory it names."""
+    """Give a labelled pod the sidecar of the AMFSMemory it names, or refuse it."""
     pod = dict(body)
     namespace = body.metadata.namespace
     name = injection.requested_memory(pod)
     try:
         memory = lookup(namespace, name) if namespace and name else None
     except Exception as exc:
-        # Raising would deny the pod even under failurePolicy Ignore (the webhook did
+        # Raising denies the pod even under failurePolicy Ignore (the webhook did
         # answer), so the configured policy decides here too.
         if settings.failure_policy == "Fail":
             raise kopf.AdmissionError(
@@ -77,15 +77,20 @@ def mutate_pod(
     try:
         result = injection.inject(pod, memory, settings, namespace=namespace)
     except InjectionError as exc:
+        log.info("event=sidecar_injection namespace=%s pod=%s memory=%s result=refused "
+                 "error=%s", namespace, _pod_name(body), name, exc)
         raise kopf.AdmissionError(str(exc), code=400) from None
     warnings.extend(result.warnings)
     if result.injected:
         patch.fns.append(_replace_with(result.pod))
     log.info(
         "event=sidecar_injection namespace=%s pod=%s memory=%s result=%s mode=%s",
-        namespace, body.metadata.name or body.metadata.get("generateName", ""),
-        result.memory, result.reason, settings.mode,
+        namespace, _pod_name(body), result.memory, result.reason, settings.mode,
     )
+
+
+def _pod_name(body: kopf.Body) -> str:
+    return str(body.metadata.name or body.metadata.get("generateName", ""))
 
 
 def _replace_with(mutated: Mapping[str, Any]) -> Callable[[kopf.RawBody], None]:
@@ -104,7 +109,11 @@ def register(
     settings: InjectionSettings,
     lookup: MemoryLookup,
 ) -> None:
-    """Register the mutating handler for pods annotated ``amfs.dev/memory``."""
+    """Register the mutating handler for pods.
+
+    The MutatingWebhookConfiguration sends only pods labelled ``amfs.dev/memory``; the
+    handler takes every pod it is sent, so that one still opted in by the old
+    annotation (an older webhook configuration) hears why it gets no sidecar."""
 
     def inject_sidecar(
         body: kopf.Body, patch: kopf.Patch, warnings: list[str], **kwargs: Any
@@ -115,13 +124,16 @@ def register(
         "", "v1", "pods",
         id=HANDLER_ID,
         operations=["CREATE"],
-        annotations={injection.ANNOTATION_MEMORY: kopf.PRESENT},
         side_effects=False,
         registry=registry,
     )(inject_sidecar)
 
 
 # ---- the server --------------------------------------------------------------------------
+
+
+def has_certificate(cert_dir: str | os.PathLike[str]) -> bool:
+    return all((Path(cert_dir) / name).is_file() for name in (CERT_FILE, KEY_FILE))
 
 
 def webhook_server(

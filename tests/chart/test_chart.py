@@ -10,11 +10,13 @@ from typing import Any
 import helm_python
 import kubernetes_validate
 import pytest
+import yaml
 
 from amfs_operator import injection, resources, webhook, webhook_certs
-from amfs_operator.cli import parse_args
+from amfs_operator.cli import injection_off_reason, parse_args
 from scripts.render_manifests import CHART, NAMESPACE
 from tests.chart.conftest import ALL_FEATURES, Render, find, objects
+from tests.fixtures.admission import webhook_selects
 
 # Objects the API server knows without CRDs; everything else the chart renders is
 # listed in CUSTOM_KINDS (validated structurally, their CRDs are not ours).
@@ -154,6 +156,9 @@ def test_operator_arguments_are_what_the_operator_cli_accepts(
         "volumes"]}
     cert_volume = volumes[mounts[config.webhook_cert_dir]]
     assert cert_volume["secret"]["secretName"] == "amfs-webhook-tls"
+    # In the chart the webhook always runs: a missing certificate is a start-up error
+    # there, never a silent start without injection (labelled pods would be refused).
+    assert injection_off_reason(config) is None
 
 
 def test_operator_image_and_pod_settings_follow_the_values(all_docs: list[dict[str, Any]]) -> None:
@@ -200,7 +205,6 @@ def test_webhook_calls_the_kopf_handler_through_the_webhook_service(
     }
     assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                               "resources": ["pods"], "scope": "Namespaced"}]
-    assert hook["failurePolicy"] == "Ignore"
     assert hook["sideEffects"] == "None"
     assert hook["admissionReviewVersions"] == ["v1"]
 
@@ -213,13 +217,70 @@ def test_webhook_skips_system_namespaces_its_own_and_injected_pods(
     assert expression["key"] == "kubernetes.io/metadata.name"
     assert expression["operator"] == "NotIn"
     assert set(expression["values"]) == set(injection.SYSTEM_NAMESPACES) | {NAMESPACE}
-    assert hook["objectSelector"] == {"matchExpressions": [
-        {"key": injection.LABEL_SIDECAR, "operator": "DoesNotExist"}]}
+    labelled = {injection.LABEL_MEMORY: "team", "app": "planner"}
+    for namespace in [*injection.SYSTEM_NAMESPACES, NAMESPACE]:
+        assert not webhook_selects(hook, namespace=namespace, labels=labelled)
+    assert not webhook_selects(hook, namespace="agents", labels={
+        **labelled, injection.LABEL_SIDECAR: injection.LABEL_SIDECAR_INJECTED})
 
     [hook] = find(all_docs, "MutatingWebhookConfiguration")["webhooks"]
     assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [
         "kube-system", "monitoring", NAMESPACE]
-    assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Fail", 5)
+    assert not webhook_selects(hook, namespace="monitoring", labels=labelled)
+    assert webhook_selects(hook, namespace="kube-public", labels=labelled)
+
+
+@pytest.mark.parametrize("values", [None, ALL_FEATURES], ids=["default", "all"])
+def test_webhook_is_sent_only_pods_labelled_with_a_memory(
+    render: Render, values: dict[str, Any] | None
+) -> None:
+    [hook] = find(objects(render(values)), "MutatingWebhookConfiguration")["webhooks"]
+
+    assert webhook_selects(hook, namespace="agents", labels={"amfs.dev/memory": "team"})
+    assert webhook_selects(hook, namespace="agents", labels={"amfs.dev/memory": "team",
+                                                             "app": "planner"})
+    # Everything else in the cluster never reaches (or waits for) the operator.
+    for labels in ({}, {"app": "planner"}, {"amfs.dev/memory-x": "team"},
+                   {"amfs.dev/sidecar": "injected"}):
+        assert not webhook_selects(hook, namespace="agents", labels=labels), labels
+    # The old opt-in, an annotation, is invisible to a selector: such pods are not sent.
+    assert "annotations" not in json.dumps(hook["objectSelector"])
+    # Only pod creation is intercepted.
+    assert not webhook_selects(hook, namespace="agents", labels={"amfs.dev/memory": "team"},
+                               operation="UPDATE")
+    assert not webhook_selects(hook, namespace="agents", labels={"amfs.dev/memory": "team"},
+                               resource="deployments", group="apps")
+
+
+def test_webhook_fails_closed_and_quickly_by_default(
+    default_docs: list[dict[str, Any]], render: Render
+) -> None:
+    [hook] = find(default_docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["failurePolicy"] == "Fail"  # a labelled pod never starts without its memory
+    assert 1 <= hook["timeoutSeconds"] <= 5
+    container = operator_container(default_docs)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # The handler answers a failed memory lookup by the same policy.
+    assert env["AMFS_WEBHOOK_FAILURE_POLICY"] == "Fail"
+    assert env["AMFS_SIDECAR_HTTP_PORT"] == str(resources.DEFAULT_HTTP_PORT)
+
+    relaxed = objects(render({"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 3}}))
+    [hook] = find(relaxed, "MutatingWebhookConfiguration")["webhooks"]
+    assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Ignore", 3)
+    env = {e["name"]: e.get("value") for e in operator_container(relaxed)["env"]}
+    assert env["AMFS_WEBHOOK_FAILURE_POLICY"] == "Ignore"
+    with pytest.raises(helm_python.HelmValuesError, match="timeoutSeconds"):
+        render({"webhook": {"timeoutSeconds": 30}})
+
+
+def test_sidecar_http_port_reaches_the_operator(render: Render) -> None:
+    docs = objects(render({"sidecar": {"httpPort": 9100}}))
+    env = {e["name"]: e.get("value") for e in operator_container(docs)["env"]}
+    settings = injection.InjectionSettings.from_environment(env=env)
+    assert settings.http_port == 9100
+    for bad in (9464, 70000):
+        with pytest.raises(helm_python.HelmValuesError, match="httpPort"):
+            render({"sidecar": {"httpPort": bad}})
 
 
 def test_helm_generated_certificate_serves_the_webhook_service(
@@ -506,9 +567,17 @@ def test_dashboards_can_be_switched_off(render: Render) -> None:
     assert dashboards(objects(render({"dashboards": {"enabled": False}}))) == {}
 
 
-def test_notes_tell_the_user_how_to_annotate_pods(render: Render) -> None:
+def test_notes_tell_the_user_how_to_label_pods(render: Render) -> None:
     notes = render()["amfs/templates/NOTES.txt"]
-    assert "amfs.dev/memory: NAME" in notes
+    snippet = notes[notes.index("     metadata:"):notes.index("amfs.dev/memory: NAME") + 21]
+    assert yaml.safe_load(snippet) == {"metadata": {"labels": {"amfs.dev/memory": "NAME"}}}
     assert "kubectl -n NAMESPACE get amfsmemories" in notes
     assert "grafana_dashboard=1" in notes
     assert "AMFS_SOCKET=/var/run/amfs/amfs.sock" in notes
+    assert "AMFS_HTTP_URL=http://127.0.0.1:8741" in notes
+    assert "labelled pods are refused until it is back (webhook.failurePolicy=Fail)" in notes
+    assert "does not exist (yet) is refused, naming the memory" in notes
+    relaxed = render({"webhook": {"failurePolicy": "Ignore"}, "sidecar": {"httpPort": 0}})[
+        "amfs/templates/NOTES.txt"]
+    assert "labelled pods start without a sidecar (webhook.failurePolicy=Ignore)" in relaxed
+    assert "AMFS_HTTP_URL" not in relaxed

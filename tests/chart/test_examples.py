@@ -96,7 +96,8 @@ def with_identity(memory: dict[str, Any], namespace: str) -> dict[str, Any]:
 def test_the_agent_deployment_is_injected_by_the_webhook() -> None:
     deployment = example("agent-deployment.yaml", "Deployment")
     template = deployment["spec"]["template"]
-    name = template["metadata"]["annotations"][injection.ANNOTATION_MEMORY]
+    name = template["metadata"]["labels"][injection.LABEL_MEMORY]
+    assert injection.ANNOTATION_MEMORY not in template["metadata"]["annotations"]
     pod = as_pod(template, "default")
 
     result = injection.inject(pod, with_identity(memories()[name], "default"),
@@ -114,7 +115,7 @@ def test_the_hand_written_pod_is_what_the_webhook_would_inject() -> None:
     memory = with_identity(memories()["agent-memory"], "default")
     # The same pod before injection: the app container without the socket.
     bare = copy.deepcopy(written)
-    bare["metadata"].setdefault("annotations", {})[injection.ANNOTATION_MEMORY] = "agent-memory"
+    assert bare["metadata"]["labels"][injection.LABEL_MEMORY] == "agent-memory"
     bare["metadata"]["namespace"] = "default"
     del bare["metadata"]["labels"][injection.LABEL_SIDECAR]
     del bare["spec"]["initContainers"], bare["spec"]["volumes"], bare["spec"]["securityContext"]

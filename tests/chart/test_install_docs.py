@@ -126,10 +126,18 @@ def test_names_in_the_doc_are_the_rendered_names(default_docs: list[dict[str, An
 
 
 def test_annotations_in_the_doc_are_the_ones_the_injector_reads() -> None:
-    known = {injection.ANNOTATION_MEMORY, injection.ANNOTATION_POLL_INTERVAL,
+    known = {injection.LABEL_MEMORY, injection.LABEL_SIDECAR, injection.ANNOTATION_MEMORY,
+             injection.ANNOTATION_POLL_INTERVAL, injection.ANNOTATION_HTTP_PORT,
              *injection.RESOURCE_ANNOTATIONS}
     mentioned = set(re.findall(r"amfs\.dev/[a-z-]+", DOC))
     assert mentioned == known
+
+
+def test_the_doc_opts_in_by_label() -> None:
+    section = DOC[DOC.index("### Label a pod"):]
+    snippet = yaml.safe_load(section[section.index("```yaml") + 7:section.index("```\n", 10)])
+    assert snippet["spec"]["template"]["metadata"] == {
+        "labels": {injection.LABEL_MEMORY: "agent-memory"}}
 
 
 def test_alerts_and_dashboards_in_the_doc_are_the_charts(render: Render) -> None:

@@ -194,14 +194,16 @@ def memory_spec() -> dict[str, Any]:
     }
 
 
-def agent_pod(namespace: str, **annotations: str) -> dict[str, Any]:
+def agent_pod(namespace: str, memory: str | None = None, **annotations: str) -> dict[str, Any]:
+    """A pod labelled for *memory* (unlabelled without one)."""
+    labels = {"app": "planner", **({"amfs.dev/memory": memory} if memory else {})}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "generateName": "planner-5f7d8-",
             "namespace": namespace,
-            "labels": {"app": "planner"},
+            "labels": labels,
             "annotations": annotations,
         },
         "spec": {
@@ -221,12 +223,11 @@ def applied(pod: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     return dict(jsonpatch.apply_patch(pod, ops))
 
 
-def test_an_annotated_pod_gets_the_sidecar_through_a_json_patch(
+def test_a_labelled_pod_gets_the_sidecar_through_a_json_patch(
     running_webhook: RunningWebhook, cluster: Cluster, k8s_namespace: str
 ) -> None:
     memory = cluster.create_memory(k8s_namespace, "team-memory", memory_spec())
-    pod = agent_pod(k8s_namespace, **{"amfs.dev/memory": "team-memory",
-                                       "amfs.dev/poll-interval": "2s"})
+    pod = agent_pod(k8s_namespace, "team-memory", **{"amfs.dev/poll-interval": "2s"})
 
     response = running_webhook.review(pod, namespace=k8s_namespace)
 
@@ -241,28 +242,29 @@ def test_an_annotated_pod_gets_the_sidecar_through_a_json_patch(
     assert sidecar["args"][sidecar["args"].index("--poll-interval") + 1] == "2"
     for app in patched["spec"]["containers"]:
         assert {"name": "AMFS_SOCKET", "value": "/var/run/amfs/amfs.sock"} in app["env"]
+        assert {"name": "AMFS_HTTP_URL", "value": "http://127.0.0.1:8741"} in app["env"]
     assert patched["metadata"]["labels"]["amfs.dev/sidecar"] == "injected"
     volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
     assert volumes["amfs-config"] == {"name": "amfs-config",
                                       "configMap": {"name": "team-memory-amfs"}}
 
 
-def test_a_pod_naming_a_missing_memory_is_admitted_unchanged_with_a_warning(
+def test_a_pod_naming_a_missing_memory_is_refused_naming_it(
     running_webhook: RunningWebhook, k8s_namespace: str
 ) -> None:
-    pod = agent_pod(k8s_namespace, **{"amfs.dev/memory": "nowhere"})
+    pod = agent_pod(k8s_namespace, "nowhere")
 
     response = running_webhook.review(pod, namespace=k8s_namespace)
 
-    assert response["allowed"] is True
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 400
+    assert response["status"]["message"].startswith(
+        f"label amfs.dev/memory: AMFSMemory 'nowhere' does not exist in namespace "
+        f"'{k8s_namespace}'")
     assert "patch" not in response
-    assert response["warnings"] == [
-        f"AMFSMemory 'nowhere' not found in namespace '{k8s_namespace}' (amfs.dev/memory); "
-        "the pod starts without the amfs sidecar"
-    ]
 
 
-def test_a_pod_without_the_annotation_is_admitted_untouched(
+def test_a_pod_without_the_label_is_admitted_untouched(
     running_webhook: RunningWebhook, k8s_namespace: str
 ) -> None:
     response = running_webhook.review(agent_pod(k8s_namespace), namespace=k8s_namespace)
@@ -271,11 +273,25 @@ def test_a_pod_without_the_annotation_is_admitted_untouched(
     assert "patch" not in response and "warnings" not in response
 
 
+def test_an_annotation_only_pod_is_admitted_and_told_about_the_label(
+    running_webhook: RunningWebhook, cluster: Cluster, k8s_namespace: str
+) -> None:
+    cluster.create_memory(k8s_namespace, "team-memory", memory_spec())
+    pod = agent_pod(k8s_namespace, **{"amfs.dev/memory": "team-memory"})
+
+    response = running_webhook.review(pod, namespace=k8s_namespace)
+
+    assert response["allowed"] is True
+    assert "patch" not in response
+    [warning] = response["warnings"]
+    assert "label amfs.dev/memory is not" in warning
+
+
 def test_an_already_injected_pod_is_admitted_untouched(
     running_webhook: RunningWebhook, cluster: Cluster, k8s_namespace: str
 ) -> None:
     memory = cluster.create_memory(k8s_namespace, "team-memory", memory_spec())
-    pod = agent_pod(k8s_namespace, **{"amfs.dev/memory": "team-memory"})
+    pod = agent_pod(k8s_namespace, "team-memory")
     injected = injection.inject(pod, memory, running_webhook.settings).pod
 
     response = running_webhook.review(injected, namespace=k8s_namespace)
@@ -288,8 +304,7 @@ def test_a_bad_annotation_is_refused_with_a_message_naming_it(
     running_webhook: RunningWebhook, cluster: Cluster, k8s_namespace: str
 ) -> None:
     cluster.create_memory(k8s_namespace, "team-memory", memory_spec())
-    pod = agent_pod(k8s_namespace, **{"amfs.dev/memory": "team-memory",
-                                       "amfs.dev/sidecar-cpu-limit": "a lot"})
+    pod = agent_pod(k8s_namespace, "team-memory", **{"amfs.dev/sidecar-cpu-limit": "a lot"})
 
     response = running_webhook.review(pod, namespace=k8s_namespace)
 
@@ -323,7 +338,7 @@ def unreachable_api() -> Kube:
 @pytest.mark.parametrize("policy", ["Ignore", "Fail"])
 def test_an_unreadable_memory_follows_the_failure_policy(policy: str) -> None:
     settings = InjectionSettings(image=IMAGE, failure_policy=policy)  # type: ignore[arg-type]
-    pod = agent_pod("agents", **{"amfs.dev/memory": "team-memory"})
+    pod = agent_pod("agents", "team-memory")
     body = kopf.Body(pod)
     patch = kopf.Patch(body=body)
     warnings: list[str] = []

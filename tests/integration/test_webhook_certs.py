@@ -146,7 +146,7 @@ def test_the_operator_issues_a_trusted_certificate_and_restarts_reuse_it(
 
     # An annotated pod gets its sidecar over TLS that trusts nothing but the caBundle.
     cluster.create_memory(target.namespace, "team-memory", memory_spec())
-    pod = agent_pod(target.namespace, **{"amfs.dev/memory": "team-memory"})
+    pod = agent_pod(target.namespace, "team-memory")
     response, served = review(operator, install, pod, install.ca_bundle())
     assert response["allowed"] is True
     patched = applied(pod, response)

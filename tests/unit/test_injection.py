@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import jsonpatch
@@ -47,16 +48,17 @@ def memory(**spec: Any) -> dict[str, Any]:
 
 
 def agent_pod(**annotations: str) -> dict[str, Any]:
-    """A pod as a ReplicaSet creates it: generateName, owner, two app containers, an init
-    container, its own volumes, env and security context."""
+    """A pod as a ReplicaSet creates it, labelled for team-memory: generateName, owner, two
+    app containers, an init container, its own volumes, env and security context."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "generateName": "planner-7d9f8b6c5-",
             "namespace": "agents",
-            "labels": {"app": "planner", "pod-template-hash": "7d9f8b6c5"},
-            "annotations": {"amfs.dev/memory": "team-memory", **annotations},
+            "labels": {"app": "planner", "pod-template-hash": "7d9f8b6c5",
+                       "amfs.dev/memory": "team-memory"},
+            "annotations": dict(annotations),
             "ownerReferences": [{
                 "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "planner-7d9f8b6c5",
                 "uid": "0b6e5c1e-0000-4000-8000-000000000002", "controller": True,
@@ -135,6 +137,10 @@ def test_native_sidecar_is_the_first_init_container_and_restarts_always() -> Non
     assert {"name": "amfs-metrics", "containerPort": 9464} in sidecar["ports"]
     assert env(sidecar)["AMFS_MEMORY_NAME"] == "team-memory"
     assert env(sidecar)["AMFS_MEMORY_NAMESPACE"] == "agents"
+    # Provenance: what this sidecar writes says which pod wrote it.
+    assert env(sidecar)["AMFS_AGENT_ID"] == {
+        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}
+    assert arg_after(sidecar, "--listen") == "127.0.0.1:8741"
     assert sidecar["resources"] == memory()["spec"]["sidecar"]["resources"]
     assert sidecar["securityContext"]["runAsNonRoot"] is True
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
@@ -149,6 +155,7 @@ def test_every_app_container_gets_the_socket_and_keeps_its_own_env_and_mounts() 
         "LOG_LEVEL": "info",
         "OPENAI_API_KEY": {"secretKeyRef": {"name": "openai", "key": "api-key"}},
         "AMFS_SOCKET": "/var/run/amfs/amfs.sock",
+        "AMFS_HTTP_URL": "http://127.0.0.1:8741",  # upstream clients need no configuration
     }
     assert planner["volumeMounts"] == [
         {"name": "config", "mountPath": "/etc/planner"},
@@ -187,7 +194,8 @@ def test_the_pod_joins_the_sidecars_group_and_is_labelled() -> None:
     sidecar = container(pod, "amfs-sidecar")
     assert sidecar["securityContext"]["runAsGroup"] == injection.SIDECAR_GID
     assert pod["metadata"]["labels"] == {
-        "app": "planner", "pod-template-hash": "7d9f8b6c5", "amfs.dev/sidecar": "injected",
+        "app": "planner", "pod-template-hash": "7d9f8b6c5", "amfs.dev/memory": "team-memory",
+        "amfs.dev/sidecar": "injected",
     }
 
 
@@ -330,23 +338,19 @@ def test_a_hand_written_sidecar_is_left_alone() -> None:
     assert inject(pod, memory(), CONTAINER).reason == "already-injected"
 
 
-def test_a_missing_memory_admits_the_pod_unchanged_with_a_warning() -> None:
-    pod = agent_pod()
+def test_a_missing_memory_refuses_the_pod_naming_the_memory() -> None:
+    with pytest.raises(InjectionError) as refused:
+        inject(agent_pod(), None, NATIVE)
 
-    result = inject(pod, None, NATIVE)
-
-    assert (result.reason, result.pod) == ("memory-not-found", pod)
-    assert result.warnings == (
-        "AMFSMemory 'team-memory' not found in namespace 'agents' (amfs.dev/memory); "
-        "the pod starts without the amfs sidecar",
-    )
+    assert str(refused.value).startswith(
+        "label amfs.dev/memory: AMFSMemory 'team-memory' does not exist in namespace 'agents'")
+    assert "retry creating their pods" in str(refused.value)
 
 
-def test_an_invalid_memory_admits_the_pod_unchanged_with_a_warning() -> None:
-    result = inject(agent_pod(), memory(bucket="Not_A_Bucket"), NATIVE)
-
-    assert (result.reason, result.pod) == ("memory-invalid", agent_pod())
-    assert "spec.bucket" in result.warnings[0]
+def test_an_invalid_memory_refuses_the_pod_naming_the_field() -> None:
+    with pytest.raises(InjectionError, match=r"AMFSMemory 'team-memory' has an invalid spec "
+                                             r"\(.*spec\.bucket"):
+        inject(agent_pod(), memory(bucket="Not_A_Bucket"), NATIVE)
 
 
 def test_a_memory_that_is_not_ready_still_injects_with_a_warning() -> None:
@@ -368,15 +372,81 @@ def test_system_namespaces_are_never_injected() -> None:
     assert (result.reason, result.pod) == ("excluded-namespace", pod)
 
 
-def test_an_unannotated_pod_is_not_injected_and_not_warned_about() -> None:
+def unlabelled(**annotations: str) -> dict[str, Any]:
+    pod = agent_pod(**annotations)
+    del pod["metadata"]["labels"]["amfs.dev/memory"]
+    return pod
+
+
+def test_an_unlabelled_pod_is_not_injected_and_not_warned_about() -> None:
+    pod = unlabelled()
+    assert inject(pod, memory(), NATIVE) == injection.Injection(pod, "not-labelled")
+
+
+def test_a_blank_label_counts_as_no_label() -> None:
     pod = agent_pod()
-    del pod["metadata"]["annotations"]
-    assert inject(pod, memory(), NATIVE) == injection.Injection(pod, "not-annotated")
+    pod["metadata"]["labels"]["amfs.dev/memory"] = " "
+    assert inject(pod, memory(), NATIVE).reason == "not-labelled"
 
 
-def test_a_blank_annotation_counts_as_no_annotation() -> None:
-    assert inject(agent_pod(**{"amfs.dev/memory": "  "}), memory(), NATIVE).reason == \
-        "not-annotated"
+def test_an_annotation_only_pod_is_told_about_the_label() -> None:
+    pod = unlabelled(**{"amfs.dev/memory": "team-memory"})
+
+    result = inject(pod, memory(), NATIVE)
+
+    assert (result.reason, result.pod, result.memory) == ("annotation-only", pod, "team-memory")
+    [warning] = result.warnings
+    assert warning.startswith("annotation amfs.dev/memory='team-memory' is set but label "
+                              "amfs.dev/memory is not")
+    assert "labelled amfs.dev/memory=<AMFSMemory name>" in warning
+
+
+def test_a_label_and_annotation_naming_different_memories_are_refused() -> None:
+    with pytest.raises(InjectionError, match=re.escape(
+            "label amfs.dev/memory='team-memory' and annotation amfs.dev/memory='other'")):
+        inject(agent_pod(**{"amfs.dev/memory": "other"}), memory(), NATIVE)
+    # The same name in both is fine (a pod template half-way through its migration).
+    assert inject(agent_pod(**{"amfs.dev/memory": "team-memory"}), memory(), NATIVE).injected
+
+
+# ---- the loopback HTTP listener -----------------------------------------------------------
+
+
+def test_the_http_port_annotation_moves_the_listener_and_the_url() -> None:
+    pod = inject(agent_pod(**{"amfs.dev/http-port": "9000"}), memory(), NATIVE).pod
+
+    assert arg_after(container(pod, "amfs-sidecar"), "--listen") == "127.0.0.1:9000"
+    assert env(container(pod, "planner"))["AMFS_HTTP_URL"] == "http://127.0.0.1:9000"
+
+
+def test_http_port_zero_serves_the_socket_only() -> None:
+    settings = InjectionSettings(image="amfs:dev", http_port=0)
+    pod = inject(agent_pod(), memory(), settings).pod
+
+    assert "--listen" not in container(pod, "amfs-sidecar")["args"]
+    assert "AMFS_HTTP_URL" not in env(container(pod, "planner"))
+    assert env(container(pod, "planner"))["AMFS_SOCKET"] == "/var/run/amfs/amfs.sock"
+
+
+def test_an_app_port_that_takes_the_listeners_port_is_refused() -> None:
+    pod = agent_pod()
+    pod["spec"]["containers"][1]["ports"] = [{"containerPort": 8741}]
+
+    with pytest.raises(InjectionError, match=r"port 8741 is already used in the pod; .*"
+                                             r"amfs\.dev/http-port"):
+        inject(pod, memory(), NATIVE)
+    assert inject(pod | {"metadata": {**pod["metadata"], "annotations": {
+        "amfs.dev/http-port": "8742"}}}, memory(), NATIVE).injected
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("web", "annotation amfs.dev/http-port: 'web' is not a port number"),
+    ("70000", "annotation amfs.dev/http-port: 70000 is not a port number"),
+    ("9464", "annotation amfs.dev/http-port: 9464 is the sidecar's metrics port"),
+])
+def test_a_bad_http_port_annotation_is_refused(value: str, message: str) -> None:
+    with pytest.raises(InjectionError, match="^" + message):
+        inject(agent_pod(**{"amfs.dev/http-port": value}), memory(), NATIVE)
 
 
 # ---- settings ------------------------------------------------------------------------------
@@ -384,14 +454,18 @@ def test_a_blank_annotation_counts_as_no_annotation() -> None:
 
 def test_settings_come_from_flags_then_env_then_defaults() -> None:
     env = {"AMFS_SIDECAR_IMAGE": "env/amfs:1", "AMFS_SIDECAR_MODE": "container",
-           "AMFS_SIDECAR_IMAGE_PULL_POLICY": "Never", "AMFS_WEBHOOK_FAILURE_POLICY": "Fail"}
+           "AMFS_SIDECAR_IMAGE_PULL_POLICY": "Never", "AMFS_WEBHOOK_FAILURE_POLICY": "Ignore",
+           "AMFS_SIDECAR_HTTP_PORT": "9100"}
 
     assert InjectionSettings.from_environment(env=env) == InjectionSettings(
-        image="env/amfs:1", mode="container", image_pull_policy="Never", failure_policy="Fail")
+        image="env/amfs:1", mode="container", image_pull_policy="Never",
+        failure_policy="Ignore", http_port=9100)
     assert InjectionSettings.from_environment(image="flag/amfs:2", mode="native", env=env).image \
         == "flag/amfs:2"
-    assert InjectionSettings.from_environment(env={}) == InjectionSettings(
-        image="ghcr.io/amfs-k8s/amfs:0.1.0", mode="native")
+    defaults = InjectionSettings.from_environment(env={})
+    assert defaults == InjectionSettings(image="ghcr.io/amfs-k8s/amfs:0.1.0", mode="native")
+    # Fail closed: a pod that asked for memory is refused rather than started without it.
+    assert (defaults.failure_policy, defaults.http_port) == ("Fail", 8741)
 
 
 @pytest.mark.parametrize(
@@ -401,6 +475,7 @@ def test_settings_come_from_flags_then_env_then_defaults() -> None:
         ({"image_pull_policy": "Sometimes"}, "sidecar image pull policy 'Sometimes'"),
         ({"failure_policy": "Maybe"}, "failure policy 'Maybe' is not Ignore or Fail"),
         ({"image": ""}, "sidecar image must not be empty"),
+        ({"http_port": 9464}, "AMFS_SIDECAR_HTTP_PORT .*: 9464 is the sidecar's metrics port"),
     ],
 )
 def test_bad_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:

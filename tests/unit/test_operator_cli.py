@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import kopf
 import pytest
 
-from amfs_operator.cli import FINALIZER, build_settings, parse_args
+from amfs_operator.cli import FINALIZER, build_settings, injection_off_reason, parse_args
 from amfs_operator.handlers import build_registry
 
 
@@ -19,6 +21,30 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.probe_interval == 300
     assert config.sidecar_image == "ghcr.io/amfs-k8s/amfs:0.1.0"
     assert config.sidecar_mode == "native"
+    assert config.webhook_cert_dir is None  # the webhook runs only if a certificate is there
+
+
+def test_ports_and_address_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMFS_OPERATOR_METRICS_PORT", "19465")
+    monkeypatch.setenv("AMFS_OPERATOR_HEALTH_PORT", "18080")
+    monkeypatch.setenv("AMFS_OPERATOR_LISTEN_HOST", "127.0.0.1")
+    config = parse_args([])
+    assert (config.metrics_port, config.health_port) == (19465, 18080)
+    assert config.liveness == "http://127.0.0.1:18080/healthz"
+    assert parse_args(["--metrics-port", "1"]).metrics_port == 1  # a flag wins
+    monkeypatch.setenv("AMFS_OPERATOR_METRICS_PORT", "lots")
+    with pytest.raises(SystemExit, match="AMFS_OPERATOR_METRICS_PORT='lots' is not a port"):
+        parse_args([])
+
+
+def test_injection_is_off_only_without_any_certificate_flag(tmp_path: Path) -> None:
+    assert injection_off_reason(parse_args([])) == \
+        "no webhook certificate in /etc/amfs/webhook-certs"
+    assert injection_off_reason(parse_args(["--webhook-port", "0"])) == "--webhook-port is 0"
+    # Given flags (the chart's) keep a missing certificate a start-up error.
+    assert injection_off_reason(parse_args(["--webhook-cert-dir", str(tmp_path)])) is None
+    assert injection_off_reason(parse_args(["--webhook-cert-source", "self-signed",
+                                            "--webhook-namespace", "amfs-system"])) is None
 
 
 def test_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,5 +82,6 @@ def test_registry_wires_every_handler() -> None:
     timers = list(registry._spawning.get_all_handlers())
     assert [(t.id, t.interval) for t in timers] == [("reprobe", 60)]
     assert {h.id for h in registry._indexing.get_all_handlers()} == {
-        "memory_claims", "memories_by_secret"}
-    assert [h.id for h in registry._watching.get_all_handlers()] == ["follow_source_secret"]
+        "memory_claims", "memories_by_secret", "memory_pods"}
+    assert [h.id for h in registry._watching.get_all_handlers()] == [
+        "follow_source_secret", "follow_consumer", "explain_label"]

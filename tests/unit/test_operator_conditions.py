@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from amfs_operator.conditions import Check, Findings, desired_status, transitions
+from amfs_operator.conditions import (
+    Check,
+    Findings,
+    desired_status,
+    transitions,
+    with_condition,
+)
 from amfs_operator.spec import MemoryStatus, parse_status
 
 OK = Check.passed("SecretCopied", "copied")
@@ -79,3 +85,33 @@ def test_status_round_trips_through_the_api_form() -> None:
     first = status(Findings(OK, BUCKET_OK, CW_OK))
     assert parse_status(first.as_dict()).as_dict() == first.as_dict()
     assert parse_status({"conditions": [{"type": "Ready"}]}).conditions == ()  # tolerated
+
+
+def test_a_reconcile_keeps_the_conditions_it_does_not_own() -> None:
+    sidecars = Check.failed("SidecarsNotReady", "0 of 1 sidecars are ready")
+    previous = MemoryStatus(conditions=with_condition(  # type: ignore[call-arg]
+        MemoryStatus(), "SidecarsReady", sidecars, generation=1, now="T0"))
+
+    result = status(Findings(OK, BUCKET_OK, CW_OK), previous, now="T1")
+
+    kept = result.condition("SidecarsReady")
+    assert kept == previous.condition("SidecarsReady")
+    assert [c.type for c in result.conditions][-1] == "SidecarsReady"
+    assert not [e for e in transitions(previous, result) if "Sidecars" in e.message]
+
+
+def test_with_condition_moves_the_transition_time_only_when_the_status_changes() -> None:
+    waiting = Check.failed("SidecarsNotReady", "0 of 2 sidecars are ready")
+    first = MemoryStatus(conditions=with_condition(  # type: ignore[call-arg]
+        MemoryStatus(), "SidecarsReady", waiting, generation=2, now="T0"))
+    closer = Check.failed("SidecarsNotReady", "1 of 2 sidecars are ready")
+    second = MemoryStatus(conditions=with_condition(  # type: ignore[call-arg]
+        first, "SidecarsReady", closer, generation=2, now="T1"))
+    done = with_condition(second, "SidecarsReady", Check.passed("AllReady", "2 of 2"),
+                          generation=2, now="T2")
+
+    assert second.condition("SidecarsReady").last_transition_time == "T0"  # type: ignore[union-attr]
+    assert second.condition("SidecarsReady").message == closer.message  # type: ignore[union-attr]
+    [ready] = done
+    assert (ready.status, ready.last_transition_time, ready.observed_generation) == (
+        "True", "T2", 2)

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from amfs_operator import GROUP, KIND, PLURAL, VERSION
+from amfs_operator import GROUP, KIND, PLURAL, VERSION, consumers
 from amfs_operator.spec import CONDITION_TYPES, PHASES, MemorySpec, MemoryStatus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,11 +37,14 @@ def test_every_spec_field_of_the_model_is_declared() -> None:
 
 
 def test_every_status_field_is_declared_so_nothing_is_pruned() -> None:
-    assert set(STATUS["properties"]) == set(MemoryStatus().as_dict())
+    # status.sidecars and SidecarsReady are written apart from reconcile (sidecars.py).
+    assert set(STATUS["properties"]) == set(MemoryStatus().as_dict()) | {"sidecars"}
     conditions = STATUS["properties"]["conditions"]["items"]["properties"]
     assert set(conditions) == {"type", "status", "reason", "message", "observedGeneration",
                                "lastTransitionTime"}
-    assert conditions["type"]["enum"] == list(CONDITION_TYPES)
+    assert conditions["type"]["enum"] == [*CONDITION_TYPES, consumers.CONDITION]
+    sidecars = STATUS["properties"]["sidecars"]["properties"]
+    assert set(sidecars) == set(consumers.sidecars_status([]))
     assert STATUS["properties"]["phase"]["enum"] == list(PHASES)
 
 
@@ -75,6 +78,7 @@ def test_printer_columns() -> None:
     assert columns["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Bucket"] == ".spec.bucket"
     assert columns["Prefix"] == ".spec.prefix"
+    assert columns["Sidecars"] == ".status.sidecars.summary"  # kubectl get amem: SIDECARS 3/3
     assert columns["Age"] == ".metadata.creationTimestamp"
 
 

@@ -100,6 +100,10 @@ def test_sidecar_container(mode: str) -> None:
     assert container["ports"] == [{"name": "amfs-metrics", "containerPort": 9464}]
     assert container["startupProbe"]["httpGet"] == {"path": "/ready", "port": "amfs-metrics"}
     assert {"name": "AMFS_MEMORY_NAME", "value": "mem"} in container["env"]
+    assert {"name": "AMFS_AGENT_ID", "valueFrom": {"fieldRef": {
+        "apiVersion": "v1", "fieldPath": "metadata.name"}}} in container["env"]
+    assert container["args"][container["args"].index("--listen") + 1] == "127.0.0.1:8741"
+    assert "--listen" not in resources.sidecar_container(memory(), IMAGE, mode, 0)["args"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert ("restartPolicy" in container) is (mode == "native")
 
@@ -138,7 +142,8 @@ def test_inject_native_sidecar() -> None:
     assert spec["initContainers"][0]["restartPolicy"] == "Always"
     app, helper = spec["containers"]
     assert {"name": "AMFS_SOCKET", "value": "/var/run/amfs/amfs.sock"} in app["env"]
-    assert helper["env"] == [{"name": "AMFS_SOCKET", "value": "/custom.sock"}]  # app's own wins
+    assert helper["env"] == [{"name": "AMFS_SOCKET", "value": "/custom.sock"},  # app's own wins
+                             {"name": "AMFS_HTTP_URL", "value": "http://127.0.0.1:8741"}]
     assert {"name": "amfs-socket", "mountPath": "/var/run/amfs"} in app["volumeMounts"]
     assert [v["name"] for v in spec["volumes"]] == [
         "data", "amfs-socket", "amfs-config", "amfs-credentials"]
