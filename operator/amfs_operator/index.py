@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,19 +51,55 @@ def find_conflict(claim: Claim, index: ClaimIndex) -> Claim | None:
     claim owns nothing, so it blocks no one. Every memory settles the same set (all
     claims linked to it through shared places), so two never both win one root.
     """
-    return _settle(_linked(claim, index)).get(claim.key)
+    return _settle(_linked(claim, index), until=claim).get(claim.key)
 
 
-def _settle(claims: list[Claim]) -> dict[tuple[str, str], Claim | None]:
-    """Each claim's rival (``None``: accepted), in order of precedence."""
-    accepted: list[Claim] = []
+def _settle(
+    claims: list[Claim], *, until: Claim | None = None
+) -> dict[tuple[str, str], Claim | None]:
+    """Each claim's rival (``None``: accepted), in order of precedence; claims after
+    *until* cannot change its verdict and are left unsettled."""
+    accepted = _Owners()
     rivals: dict[tuple[str, str], Claim | None] = {}
     for candidate in sorted(claims, key=_precedence):
-        rival = next((other for other in accepted if other.overlaps(candidate)), None)
+        rival = accepted.rival(candidate)
         rivals[candidate.key] = rival
+        if candidate is until:
+            break
         if rival is None:
-            accepted.append(candidate)
+            accepted.add(candidate)
     return rivals
+
+
+class _Owners:
+    """Accepted claims by (service, bucket), with their key prefixes kept sorted: an
+    overlap is an accepted prefix that starts *prefix* (one of its '/'-prefixes) or
+    that *prefix* starts (the first one at or after it), found without a full scan."""
+
+    def __init__(self) -> None:
+        self._owner: dict[tuple[str, str], dict[str, Claim]] = {}
+        self._sorted: dict[tuple[str, str], list[str]] = {}
+
+    def add(self, claim: Claim) -> None:
+        for service, bucket, prefix in claim.locations:
+            owners = self._owner.setdefault((service, bucket), {})
+            if prefix not in owners:
+                owners[prefix] = claim
+                bisect.insort(self._sorted.setdefault((service, bucket), []), prefix)
+
+    def rival(self, claim: Claim) -> Claim | None:
+        for service, bucket, prefix in sorted(claim.locations):
+            owners = self._owner.get((service, bucket))
+            if not owners:
+                continue
+            for end in range(len(prefix)):  # accepted roots end in '/', so cut at one
+                if prefix[end] == "/" and prefix[: end + 1] in owners:
+                    return owners[prefix[: end + 1]]
+            ordered = self._sorted[(service, bucket)]
+            at = bisect.bisect_left(ordered, prefix)
+            if at < len(ordered) and ordered[at].startswith(prefix):
+                return owners[ordered[at]]
+        return None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from amfs_operator.index import (
@@ -193,3 +195,28 @@ def test_different_endpoint_or_prefix_is_no_conflict() -> None:
     index = index_of(a, b, c)
     assert find_conflict(claim(b), index) is None
     assert find_conflict(claim(c), index) is None
+
+
+def test_settlement_agrees_with_pairwise_overlap() -> None:
+    """The indexed search finds exactly the rivals a pairwise comparison finds."""
+    rng = random.Random(11)
+    segments = ["a", "b", "ab"]
+    bodies = []
+    for i in range(120):
+        prefix = "/".join(rng.choice(segments) for _ in range(rng.randint(0, 2)))
+        bodies.append(body(f"ns{i % 7}", f"m{i}", f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
+                           prefix=prefix, namespace=rng.choice(segments),
+                           endpointURL=rng.choice(["http://127.0.0.1:9000",
+                                                   "http://localhost:9000",
+                                                   "http://a.localhost:9000"])))
+    index = index_of(*bodies)
+    accepted: list[Claim] = []
+    for item in bodies:  # already in order of precedence (creation time)
+        mine = claim(item)
+        expected = next((other for other in accepted if other.overlaps(mine)), None)
+        found = find_conflict(mine, index)
+        assert (found is None) == (expected is None), mine
+        if found is None:
+            accepted.append(mine)
+        else:
+            assert found.overlaps(mine) and found in accepted
