@@ -286,8 +286,9 @@ def _gather_credentials(kube: Kube, memory: Memory) -> tuple[Check, Target]:
     target = Target(spec.bucket, memory.root, spec.endpoint_url, spec.region)
     ref = spec.credentials.secret_ref
     if ref is None:
-        ambient = Check.passed("ServiceAccount", "the pods use their own identity (workload "
-                           "identity), no static keys")
+        ambient = Check.passed(
+            "ServiceAccount", "the pods use their own identity (workload identity), no static keys"
+        )
         return ambient, target
     where = f"Secret {memory.namespace}/{ref.name} (spec.credentials.secretRef)"
     if ref.name == resources.secret_name(memory.name):
@@ -401,8 +402,9 @@ def _delete_data(rt: Runtime, body: Mapping[str, Any], memory: Memory, claims: C
                 "(bucket, prefix, namespace and endpointURL are immutable)")
     plan = deletion_plan(memory.claim, claims)
     if plan.owner is not None:
-        return (f"not deleting {where}: it lies in s3://{plan.owner.bucket}/{plan.owner.root} "
-                f"of AMFSMemory {plan.owner.namespace}/{plan.owner.name}")
+        return (f"not deleting {where}: it overlaps s3://{plan.owner.bucket}/{plan.owner.root}, "
+                f"the root of AMFSMemory {plan.owner.namespace}/{plan.owner.name}, which owns "
+                "that data")
     try:
         target = _deletion_target(rt.kube, memory)
         count = cleanup.delete_root(

@@ -119,6 +119,29 @@ def test_delete_skips_a_nested_root_that_a_bound_memory_still_holds(
     assert kept and f"{ns}/child" in kept[0] and "removed 7 objects" in kept[0]
 
 
+def test_delete_after_a_forbidden_move_removes_nothing_anywhere(
+    cluster: Cluster, operator: OperatorThread, k8s_namespace: str, s3_endpoint: str,
+    bucket: str, s3_client: Any,
+) -> None:
+    """A real API server's CEL rules stop a move; the operator does not rely on them: a
+    memory whose spec names another place than its ConfigMap deletes neither."""
+    ns = k8s_namespace
+    add_credentials(cluster, ns)
+    other = f"{bucket}-other"
+    s3_client.create_bucket(Bucket=other)
+    cluster.create_memory(ns, "mem", spec(bucket, s3_endpoint, namespace="shared"))
+    cluster.wait_condition(ns, "mem", "Ready", "True")
+    put_objects(s3_client, bucket, "amfs/shared/")
+    put_objects(s3_client, other, "amfs/shared/")  # someone else's data at the new place
+
+    cluster.patch_memory(ns, "mem", {"spec": {"bucket": other}})
+    cluster.wait_condition(ns, "mem", "Ready", "False", "ImmutableFieldChanged")
+    cluster.delete_memory(ns, "mem")
+    cluster.wait_gone(ns, "mem")
+    assert (count(s3_client, bucket, "amfs/shared/"), count(s3_client, other, "amfs/shared/")) \
+        == (OBJECTS, OBJECTS)
+
+
 # ---- 2. endpoint spellings across namespaces ---------------------------------------------
 
 ALIASES = ["http://localhost:{port}", "http://127.0.0.1:0{port}", "http://127.0.0.1:{port}/.",
