@@ -7,6 +7,7 @@ Delete``; each positive control shows the same check failing when the rule is of
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +100,10 @@ def test_delete_skips_a_nested_root_that_a_bound_memory_still_holds(
     cluster.create_memory(ns, "parent", spec(bucket, s3_endpoint, **PARENT))
     cluster.wait_condition(ns, "parent", "Ready", "True")
     old.stop()
+    # Creation times have one-second resolution and a tie goes by name: be the later one.
+    created = (cluster.memory(ns, "parent") or {})["metadata"]["creationTimestamp"]
+    cluster.wait_for("the next second", lambda: datetime.datetime.now(datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ") > created, timeout=5)
     child = cluster.create_memory(ns, "child", spec(bucket, s3_endpoint, **CHILD))
     cluster.kube.create(resources.config_map(parse_memory(child)))  # as the old one did
     cluster.kube.patch_memory_status(ns, "child", {"configMapName": "child-amfs"})
