@@ -1,9 +1,10 @@
-"""``deletionPolicy: Delete``: remove every object under a memory's root, in batches."""
+"""``deletionPolicy: Delete``: remove the objects under a memory's root, in batches,
+except those under prefixes that other live memories claim."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from amfs_operator.exceptions import S3ProbeError
@@ -15,13 +16,21 @@ DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 
 
 def delete_root(
-    clients: ClientCache, target: Target, *, progress: Callable[[int], None] | None = None
+    clients: ClientCache,
+    target: Target,
+    *,
+    keep: Iterable[str] = (),
+    progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Delete every object under ``target.root``, in batches; returns how many were deleted.
+    """Delete every object under ``target.root`` but those under a *keep* prefix, in
+    batches; returns how many were deleted.
 
     A missing bucket means nothing is left to delete. Any other error raises
     :class:`S3ProbeError`, so nothing is reported as deleted that was not.
     """
+    kept = tuple(keep)
+    if any(target.root.startswith(prefix) for prefix in kept):
+        raise ValueError(f"the whole root {target.root!r} is kept: nothing may be deleted")
     s3 = clients.client(target)
     deleted = 0
     try:
@@ -32,7 +41,10 @@ def delete_root(
                 PaginationConfig={"PageSize": DELETE_BATCH},
             )
             for page in pages:
-                keys = [obj["Key"] for obj in page.get("Contents", [])]
+                # A provider answering with keys outside the prefix deletes nothing there.
+                keys = [obj["Key"] for obj in page.get("Contents", [])
+                        if obj["Key"].startswith(target.root)
+                        and not obj["Key"].startswith(kept)]
                 if keys:
                     _delete_batch(s3, target, keys)
                     deleted += len(keys)

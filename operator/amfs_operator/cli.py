@@ -4,6 +4,9 @@
     amfs-operator -n team-a -n team-b      # only these namespaces
     amfs-operator --metrics-port 9465 --health-port 8080 --log-format json
 
+Memories with credentials.serviceAccount are never probed or deleted with the
+operator's own S3 identity unless --allow-operator-identity says so.
+
 Sidecar injection needs the webhook's certificate: mounted (--webhook-cert-source
 mounted, the default: Helm, cert-manager or you put tls.crt and tls.key into
 --webhook-cert-dir), or issued by the operator itself at start-up
@@ -34,10 +37,15 @@ from amfs_operator import metrics, webhook, webhook_certs
 from amfs_operator.exceptions import WebhookConfigError
 from amfs_operator.handlers import build_registry
 from amfs_operator.kube import Kube
+from amfs_operator.probe import ClientCache
 from amfs_operator.reconcile import Runtime
 from amfs_operator.resources import DEFAULT_IMAGE, SidecarMode
 
 log = logging.getLogger(__name__)
+
+# Their DEBUG lines carry request headers: Authorization names the access key id (and a
+# session token would follow). They never log below WARNING, whatever --debug says.
+SIGNING_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
 
 DEFAULT_METRICS_PORT = 9465
 DEFAULT_HEALTH_PORT = 8080
@@ -69,6 +77,8 @@ class OperatorConfig:
     log_format: str = "text"
     verbose: bool = False
     debug: bool = False
+    # serviceAccount memories may be probed and deleted with the operator's own S3 identity.
+    allow_operator_identity: bool = False
     # For the injection webhook (kopf's webhook server) and the sidecar it injects.
     webhook_port: int = DEFAULT_WEBHOOK_PORT  # 0: no injection webhook
     # None: DEFAULT_WEBHOOK_CERT_DIR if a certificate is there, else injection is off.
@@ -174,8 +184,15 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
                              "after it, so they never go quiet (default %(default)s)")
     parser.add_argument("--workers", type=int, default=8,
                         help="threads running handlers (default %(default)s)")
+    parser.add_argument("--allow-operator-identity", action="store_true",
+                        help="probe, and apply deletionPolicy: Delete to, memories with "
+                             "credentials.serviceAccount using the operator's own S3 identity "
+                             "(its pod's credential chain); off by default: such memories are "
+                             "not probed and Delete is refused for them")
     parser.add_argument("-v", "--verbose", action="store_true")
-    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--debug", action="store_true",
+                        help="kopf and the operator at DEBUG; boto3, botocore and urllib3 stay "
+                             "at WARNING (their DEBUG lines carry signed request headers)")
     args = parser.parse_args(argv)
     if args.probe_interval <= 0:
         parser.error("--probe-interval must be greater than zero")
@@ -193,6 +210,7 @@ def parse_args(argv: Sequence[str] | None = None) -> OperatorConfig:
         log_format=args.log_format,
         verbose=args.verbose,
         debug=args.debug,
+        allow_operator_identity=args.allow_operator_identity,
         webhook_port=args.webhook_port,
         webhook_cert_dir=args.webhook_cert_dir,
         webhook_cert_source=args.webhook_cert_source,
@@ -306,7 +324,11 @@ async def operate(
     ready_flag: threading.Event | asyncio.Event | None = None,
 ) -> None:
     """Run the operator until *stop_flag* is set (or a signal, in the main thread)."""
-    runtime = Runtime(kube=Kube.from_environment(), deletion_retry=config.deletion_retry)
+    runtime = Runtime(
+        kube=Kube.from_environment(),
+        s3=ClientCache(allow_operator_identity=config.allow_operator_identity),
+        deletion_retry=config.deletion_retry,
+    )
     server = metrics.serve(config.metrics_port, config.listen_host) if config.metrics_port else None
     log.info("event=operator_start namespaces=%s metrics_port=%s probe_interval=%s",
              ",".join(config.namespaces) or "*", config.metrics_port, config.probe_interval)
@@ -342,13 +364,20 @@ async def operate(
         runtime.kube.close()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    config = parse_args(argv)
+def configure_logging(config: OperatorConfig) -> None:
+    """kopf's logging at the requested level, with the signing libraries pinned."""
     kopf.configure(
         verbose=config.verbose,
         debug=config.debug,
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
     )
+    for name in SIGNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_args(argv)
+    configure_logging(config)
     asyncio.run(operate(config))
 
 

@@ -8,7 +8,7 @@ from amfs_operator.spec import Condition, ConditionStatus, MemoryStatus
 
 # Reasons that no retry can fix: the spec (or another tenant) must change first.
 BLOCKING_REASONS = frozenset(
-    {"InvalidSpec", "PrefixConflict", "ImmutableFieldChanged", "NameTaken"}
+    {"InvalidSpec", "PrefixConflict", "ImmutableFieldChanged", "NameTaken", "DeletionNotAllowed"}
 )
 
 
@@ -39,12 +39,17 @@ class Check:
 
 @dataclass(frozen=True)
 class Findings:
-    """What one reconcile found; ``blocker`` stops everything else (bad spec, conflict)."""
+    """What one reconcile found; ``blocker`` stops everything else (bad spec, conflict).
+
+    ``probed`` is false for a memory the operator may not probe (it has no credentials
+    of its own): Ready then rests on the configuration alone.
+    """
 
     credentials: Check
     bucket: Check
     conditional_writes: Check
     blocker: Check | None = None
+    probed: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,12 @@ class Event:
 
 def ready_check(findings: Findings) -> Check:
     """Ready is the first failing check, in the order a user should fix them."""
-    for check in (findings.blocker, findings.credentials, findings.bucket):
+    bucket = findings.bucket if findings.probed else None
+    for check in (findings.blocker, findings.credentials, bucket):
         if check is not None and not check.ok:
             return Check.failed(check.reason, check.message)
+    if not findings.probed:
+        return Check.passed("ConfigurationOnly", findings.bucket.message)
     return Check.passed("Ready", findings.bucket.message)
 
 

@@ -2,7 +2,10 @@
 provider honour conditional writes?
 
 Clients are cached per (endpoint, region, credentials): building a botocore client
-costs tens of milliseconds, and a timer re-probes every memory. Errors become
+costs tens of milliseconds, and a timer re-probes every memory. A target without keys
+would be signed with the operator's own identity (boto3's chain in the operator's
+pod); the cache refuses to build such a client unless the operator was started with
+``--allow-operator-identity``, so no memory borrows it by mistake. Errors become
 :class:`S3ProbeError` with a condition reason (``BucketNotFound``, ``AccessDenied``,
 ``EndpointUnreachable``, ``S3Unavailable``, ``S3Error``), never a traceback in a status.
 """
@@ -66,8 +69,12 @@ class Target:
     root: str  # "{prefix}{namespace}/"
     endpoint_url: str | None
     region: str
-    access_key_id: str | None = None  # None: boto3's standard chain (workload identity)
+    access_key_id: str | None = None  # None: boto3's chain, i.e. the operator's identity
     secret_access_key: str | None = None
+
+    @property
+    def uses_operator_identity(self) -> bool:
+        return not (self.access_key_id and self.secret_access_key)
 
     def __repr__(self) -> str:  # never print the secret
         return f"Target(bucket={self.bucket!r}, root={self.root!r}, endpoint={self.endpoint_url!r})"
@@ -83,8 +90,11 @@ class ProbeResult:
 class ClientCache:
     """A small LRU of boto3 S3 clients (thread-safe; clients themselves are)."""
 
-    def __init__(self, size: int = 64, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, size: int = 64, *, timeout: float = 10.0, allow_operator_identity: bool = False
+    ) -> None:
         self._size = size
+        self.allow_operator_identity = allow_operator_identity
         self._clients: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._config = botocore.config.Config(
@@ -94,6 +104,12 @@ class ClientCache:
         )
 
     def client(self, target: Target) -> Any:
+        if target.uses_operator_identity and not self.allow_operator_identity:
+            raise S3ProbeError(
+                "OperatorIdentityRefused",
+                f"no credentials of the memory's own for bucket {target.bucket!r}, and the "
+                "operator does not lend its own S3 identity (--allow-operator-identity)",
+            )
         secret_hash = hashlib.sha256((target.secret_access_key or "").encode()).hexdigest()
         key = (target.endpoint_url or "", target.region, target.access_key_id or "", secret_hash)
         with self._lock:

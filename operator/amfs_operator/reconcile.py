@@ -29,7 +29,7 @@ from amfs_operator.conditions import (
     transitions,
 )
 from amfs_operator.exceptions import KubeError, Refused, S3ProbeError, SpecError
-from amfs_operator.index import ClaimIndex, find_conflict
+from amfs_operator.index import ClaimIndex, deletion_plan, find_conflict
 from amfs_operator.kube import Applied, Kube
 from amfs_operator.locks import MemoryLocks
 from amfs_operator.probe import ClientCache, Target
@@ -52,6 +52,11 @@ class Runtime:
     phases: metrics.PhaseBook = field(default_factory=metrics.PhaseBook)
     locks: MemoryLocks = field(default_factory=MemoryLocks)
     deletion_retry: float = 30.0  # seconds between attempts of a blocked deletion
+
+    @property
+    def lends_identity(self) -> bool:
+        """``--allow-operator-identity``: serviceAccount memories may use the operator's."""
+        return self.s3.allow_operator_identity
 
     @staticmethod
     def now() -> str:
@@ -143,13 +148,19 @@ def _reconcile(rt: Runtime, body: Mapping[str, Any], claims: ClaimIndex) -> Outc
         return _outcome(rt, previous, generation, _blocked("InvalidSpec", str(exc)), None, None)
     try:
         _refuse_conflict(memory, claims)
+        _refuse_borrowed_deletion(rt, memory)
         _apply_config_map(rt.kube, memory)
         credentials, target = _gather_credentials(rt.kube, memory)
         secret_name = _apply_credentials_secret(rt.kube, memory, target, credentials)
     except Refused as exc:
-        return _outcome(rt, previous, generation, _blocked(exc.reason, exc.message), None, None)
-    bucket, conditional = _probe(rt, memory, target) if credentials.ok else _not_probed(credentials)
-    findings = Findings(credentials=credentials, bucket=bucket, conditional_writes=conditional)
+        names = _names_still_bound(rt.kube, memory, previous, exc)
+        return _outcome(rt, previous, generation, _blocked(exc.reason, exc.message), *names)
+    if memory.spec.credentials.secret_ref is None and not rt.lends_identity:
+        findings = _configuration_only(credentials)
+    else:
+        bucket, conditional = (_probe(rt, memory, target) if credentials.ok
+                               else _not_probed(credentials))
+        findings = Findings(credentials=credentials, bucket=bucket, conditional_writes=conditional)
     config_map_name = resources.config_map_name(memory.name)
     return _outcome(rt, previous, generation, findings, config_map_name, secret_name)
 
@@ -186,12 +197,49 @@ def _blocked(reason: str, message: str) -> Findings:
 def _refuse_conflict(memory: Memory, claims: ClaimIndex) -> None:
     rival = find_conflict(memory.claim, claims)
     if rival is not None:
+        where = "in this namespace" if rival.namespace == memory.namespace else \
+            "in another namespace"
         raise Refused(
             "PrefixConflict",
             f"s3://{memory.spec.bucket}/{memory.root} overlaps s3://{rival.bucket}/{rival.root} "
-            f"of AMFSMemory {rival.namespace}/{rival.name} in another namespace; "
-            "choose a prefix or namespace that neither equals nor nests inside it",
+            f"of AMFSMemory {rival.namespace}/{rival.name} {where} (the same storage, "
+            "whatever the endpoint's spelling); two memories may neither share a root nor "
+            "nest one inside the other: choose a prefix or namespace outside it",
         )
+
+
+def _refuse_borrowed_deletion(rt: Runtime, memory: Memory) -> None:
+    spec = memory.spec
+    if spec.deletion_policy == "Delete" and spec.credentials.secret_ref is None \
+            and not rt.lends_identity:
+        raise Refused(
+            "DeletionNotAllowed",
+            "spec.deletionPolicy: Delete needs spec.credentials.secretRef: the operator "
+            "deletes a memory's data with the memory's own credentials only, and never "
+            "lends its own S3 identity to a credentials.serviceAccount memory; set "
+            "deletionPolicy: Retain, or use a secretRef",
+        )
+
+
+def _names_still_bound(
+    kube: Kube, memory: Memory, previous: MemoryStatus, refusal: Refused
+) -> tuple[str | None, str | None]:
+    """The children a refused memory still has at the location its spec names.
+
+    A memory bound before (e.g. nested or aliased roots that an older operator let
+    through) keeps its ConfigMap, so its pods keep using that root; its status keeps
+    saying so, and the claim index keeps counting it as bound, so no other memory's
+    deletion removes its data.
+    """
+    if refusal.reason not in {"PrefixConflict", "DeletionNotAllowed"} or \
+            previous.config_map_name is None:
+        return None, None
+    current = kube.get_config_map(memory.namespace, resources.config_map_name(memory.name))
+    if current is None or not resources.is_owned_by(current, memory):
+        return None, None
+    if resources.bound_location(current) != resources.location_of(resources.s3_settings(memory)):
+        return None, None
+    return previous.config_map_name, previous.secret_name
 
 
 def _apply_config_map(kube: Kube, memory: Memory) -> Applied:
@@ -238,7 +286,9 @@ def _gather_credentials(kube: Kube, memory: Memory) -> tuple[Check, Target]:
     target = Target(spec.bucket, memory.root, spec.endpoint_url, spec.region)
     ref = spec.credentials.secret_ref
     if ref is None:
-        ambient = Check.passed("ServiceAccount", "using the pod's own identity, no static keys")
+        ambient = Check.passed(
+            "ServiceAccount", "the pods use their own identity (workload identity), no static keys"
+        )
         return ambient, target
     where = f"Secret {memory.namespace}/{ref.name} (spec.credentials.secretRef)"
     if ref.name == resources.secret_name(memory.name):
@@ -308,6 +358,18 @@ def _not_probed(credentials: Check) -> tuple[Check, Check]:
     return skipped, skipped
 
 
+def _configuration_only(credentials: Check) -> Findings:
+    """A serviceAccount memory: only its pods hold its identity, so nothing is probed."""
+    skipped = Check.unknown(
+        "NotProbed",
+        "configuration written; the bucket is not probed: the memory uses its pods' own "
+        "identity (credentials.serviceAccount) and the operator never lends its own; the "
+        "sidecar's /ready reports whether the bucket is reachable",
+    )
+    return Findings(credentials=credentials, bucket=skipped, conditional_writes=skipped,
+                    probed=False)
+
+
 # ---- finalize ----------------------------------------------------------------------------
 
 
@@ -331,13 +393,22 @@ def _delete_data(rt: Runtime, body: Mapping[str, Any], memory: Memory, claims: C
     where = f"s3://{memory.spec.bucket}/{memory.root}"
     if memory.spec.deletion_policy == "Retain":
         return f"deletionPolicy Retain: the data under {where} is kept"
-    rival = find_conflict(memory.claim, claims)
-    if rival is not None:
-        return f"not deleting {where}: it belongs to AMFSMemory {rival.namespace}/{rival.name}"
+    if memory.spec.credentials.secret_ref is None and not rt.lends_identity:
+        return (f"deletionPolicy Delete not applied: the data under {where} is kept (a "
+                "credentials.serviceAccount memory has no credentials the operator may use, "
+                "and the operator never deletes with its own identity)")
+    if not _bound_where_spec_says(rt.kube, memory):
+        return (f"not deleting {where}: the memory's ConfigMap names another location "
+                "(bucket, prefix, namespace and endpointURL are immutable)")
+    plan = deletion_plan(memory.claim, claims)
+    if plan.owner is not None:
+        return (f"not deleting {where}: it overlaps s3://{plan.owner.bucket}/{plan.owner.root}, "
+                f"the root of AMFSMemory {plan.owner.namespace}/{plan.owner.name}, which owns "
+                "that data")
     try:
         target = _deletion_target(rt.kube, memory)
         count = cleanup.delete_root(
-            rt.s3, target,
+            rt.s3, target, keep=plan.keep,
             progress=lambda n: log.info("event=deleting memory=%s/%s prefix=%s deleted=%d",
                                         memory.namespace, memory.name, where, n),
         )
@@ -351,13 +422,26 @@ def _delete_data(rt: Runtime, body: Mapping[str, Any], memory: Memory, claims: C
         status = deleting_status(previous, check, now=rt.now())
         changed = status.as_dict() != previous.as_dict()
         raise DeletionBlocked(Outcome(status, transitions(previous, status), changed)) from None
-    return f"deletionPolicy Delete: removed {count} objects under {where}"
+    message = f"deletionPolicy Delete: removed {count} objects under {where}"
+    if plan.keep:
+        owners = ", ".join(f"{k.namespace}/{k.name}" for k in plan.keepers)
+        message += f"; kept {', '.join(plan.keep)} (the roots of AMFSMemory {owners})"
+    return message
+
+
+def _bound_where_spec_says(kube: Kube, memory: Memory) -> bool:
+    """No ConfigMap (never reconciled), or one recording the spec's location."""
+    current = kube.get_config_map(memory.namespace, resources.config_map_name(memory.name))
+    if current is None or not resources.is_owned_by(current, memory):
+        return True
+    return resources.bound_location(current) == resources.location_of(resources.s3_settings(memory))
 
 
 def _deletion_target(kube: Kube, memory: Memory) -> Target:
     """Credentials from the owned copy (it outlives the source), else from the source.
 
-    A memory with a secretRef is never deleted with the operator's own identity.
+    A memory with a secretRef is never deleted with the operator's own identity; one
+    without only with ``--allow-operator-identity`` (the client cache enforces it).
     """
     spec = memory.spec
     ref = spec.credentials.secret_ref

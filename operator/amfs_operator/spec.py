@@ -7,6 +7,7 @@ talks to Kubernetes or S3.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from amfs_operator import API_VERSION, KIND
+from amfs_operator import API_VERSION, KIND, storage_identity
 from amfs_operator.exceptions import SpecError
+from amfs_operator.storage_identity import Place
 
 DEFAULT_ACCESS_KEY_ID_KEY = "AWS_ACCESS_KEY_ID"
 DEFAULT_SECRET_ACCESS_KEY_KEY = "AWS_SECRET_ACCESS_KEY"
@@ -150,20 +152,20 @@ class MemorySpec(_Model):
         if value in (None, ""):
             return None
         assert value is not None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} must start with http:// or https://")
+        storage_identity.parse_endpoint(value)  # the ValueError names what is wrong
         return value.rstrip("/")
 
 
 @dataclass(frozen=True)
 class Claim:
-    """Where a memory's data lives: the part of a bucket it owns.
+    """Where a memory's data lives: the part of the storage it owns.
 
-    Two claims overlap when they share endpoint and bucket and one root is a
-    prefix of the other (equal roots included).
+    ``places`` is the canonical storage identity (:mod:`amfs_operator.storage_identity`),
+    never the endpoint's spelling. Two claims overlap when one root is a prefix of the
+    other (equal roots included) at some shared place, whatever their namespaces.
     """
 
-    endpoint: str
+    places: frozenset[Place]
     bucket: str
     root: str  # "{prefix}{amfs namespace}/"
     namespace: str  # Kubernetes namespace of the AMFSMemory
@@ -172,18 +174,25 @@ class Claim:
     bound: bool = False  # already reconciled onto this location (it has its ConfigMap)
 
     @property
-    def location(self) -> tuple[str, str]:
-        return (self.endpoint, self.bucket)
+    def index_keys(self) -> frozenset[tuple[str, str]]:
+        """(service, bucket) of every place: the claim index's keys."""
+        return frozenset((p.service, p.bucket) for p in self.places)
 
     @property
     def key(self) -> tuple[str, str]:
         """The memory that holds the claim."""
         return (self.namespace, self.name)
 
+    @functools.cached_property
+    def locations(self) -> frozenset[storage_identity.Location]:
+        return storage_identity.locations(self.places, self.root)
+
     def overlaps(self, other: Claim) -> bool:
-        return self.location == other.location and (
-            self.root.startswith(other.root) or other.root.startswith(self.root)
-        )
+        return storage_identity.locations_overlap(self.locations, other.locations)
+
+    def claimed_by(self, other: Claim) -> set[str]:
+        """Key prefixes (as this memory's requests spell keys) under *other*'s root."""
+        return storage_identity.claimed_prefixes(self.places, self.root, other.places, other.root)
 
 
 @dataclass(frozen=True)
@@ -208,8 +217,10 @@ class Memory:
 
     @property
     def claim(self) -> Claim:
-        endpoint = self.spec.endpoint_url.lower() if self.spec.endpoint_url else "aws"
-        return Claim(endpoint, self.spec.bucket, self.root, self.namespace, self.name,
+        spec = self.spec
+        found = storage_identity.places(spec.endpoint_url, spec.region, spec.bucket,
+                                        self.namespace)
+        return Claim(found, spec.bucket, self.root, self.namespace, self.name,
                      self.created, self.bound)
 
     @property

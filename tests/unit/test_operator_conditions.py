@@ -115,3 +115,23 @@ def test_with_condition_moves_the_transition_time_only_when_the_status_changes()
     [ready] = done
     assert (ready.status, ready.last_transition_time, ready.observed_generation) == (
         "True", "T2", 2)
+
+
+def test_a_memory_not_probed_is_ready_from_its_configuration() -> None:
+    ambient = Check.passed("ServiceAccount", "the pods use their own identity")
+    skipped = Check.unknown("NotProbed", "configuration written; the bucket is not probed")
+    result = status(Findings(ambient, skipped, skipped, probed=False))
+    ready = result.condition("Ready")
+    assert ready is not None and (ready.status, ready.reason) == ("True", "ConfigurationOnly")
+    assert result.phase == "Ready"
+    # The same Unknown bucket of a memory that should have been probed is not Ready.
+    probed = status(Findings(ambient, skipped, skipped)).condition("Ready")
+    assert probed is not None and probed.status == "False"
+
+
+def test_deletion_not_allowed_blocks() -> None:
+    blocked = Check.failed("DeletionNotAllowed", "deletionPolicy: Delete needs a secretRef")
+    result = status(Findings(OK, BUCKET_OK, CW_OK, blocker=blocked))
+    ready = result.condition("Ready")
+    assert ready is not None and (ready.status, ready.reason) == ("False", "DeletionNotAllowed")
+    assert result.phase == "Failed"

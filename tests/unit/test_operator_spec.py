@@ -6,6 +6,7 @@ import pytest
 
 from amfs_operator.exceptions import SpecError
 from amfs_operator.spec import Claim, parse_duration, parse_memory, parse_spec
+from amfs_operator.storage_identity import places
 
 
 def body(**spec: object) -> dict[str, object]:
@@ -89,8 +90,8 @@ def test_durations(text: str | float, seconds: float) -> None:
 
 
 def claim(ns: str, root: str, created: str = "2026-01-01T00:00:00Z", name: str = "m",
-          endpoint: str = "aws", bucket: str = "b") -> Claim:
-    return Claim(endpoint, bucket, root, ns, name, created)
+          endpoint: str | None = None, bucket: str = "b") -> Claim:
+    return Claim(places(endpoint, "us-east-1", bucket, ns), bucket, root, ns, name, created)
 
 
 @pytest.mark.parametrize(
@@ -110,11 +111,30 @@ def test_claims_overlap_only_when_nested(a: str, b: str, overlap: bool) -> None:
 
 def test_claims_on_other_buckets_or_endpoints_never_overlap() -> None:
     assert not claim("n1", "amfs/x/", bucket="b1").overlaps(claim("n2", "amfs/x/", bucket="b2"))
-    assert not claim("n1", "amfs/x/").overlaps(claim("n2", "amfs/x/", endpoint="http://minio"))
+    assert not claim("n1", "amfs/x/").overlaps(claim("n2", "amfs/x/", endpoint="http://minio.s3.svc"))
 
 
 def test_endpoint_is_part_of_the_claim() -> None:
     aws = parse_memory(body()).claim
     minio = parse_memory(body(endpointURL="http://MinIO:9000")).claim
-    assert aws.location == ("aws", "my-bucket")
-    assert minio.location == ("http://minio:9000", "my-bucket")
+    assert aws.index_keys == {("aws:aws", "my-bucket")}
+    # A short Service name is the Service of the memory's own namespace.
+    assert ("minio.team.svc.cluster.local:9000", "my-bucket") in minio.index_keys
+    assert not aws.overlaps(minio)
+
+
+@pytest.mark.parametrize(("endpoint", "rule"), [
+    ("http://127.0.0.1:9000/victim-bucket", "has a path"),
+    ("http://user@127.0.0.1:9000", "user information"),
+    ("http://127.0.0.1:9000?a=b", "query or fragment"),
+    ("minio:9000", "must start with http:// or https://"),
+])
+def test_endpoint_is_a_server_only(endpoint: str, rule: str) -> None:
+    with pytest.raises(SpecError, match=f"spec.endpointURL: .*{rule}"):
+        parse_spec({"bucket": "bkt", "endpointURL": endpoint})
+
+
+def test_endpoint_spelling_is_kept_as_written() -> None:
+    # The ConfigMap keeps the user's spelling; only claims use the canonical identity.
+    assert parse_spec({"bucket": "bkt", "endpointURL": "http://LocalHost:09000/"}).endpoint_url \
+        == "http://LocalHost:09000"

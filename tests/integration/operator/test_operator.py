@@ -248,13 +248,14 @@ def test_prefix_conflict_across_namespaces(
     cluster.create_memory(first, "sibling", memory_spec(
         bucket, s3_endpoint, prefix="amfs/shared/mine/", namespace="y"))
 
-    for name in ("same", "nested"):
-        body = cluster.wait_condition(second, name, "Ready", "False", "PrefixConflict")
-        assert f"{first}/owner" in condition(body, "Ready")["message"]
-        assert cluster.get(second, "configmaps", f"{name}-amfs") is None
-        assert cluster.get(second, "secrets", f"{name}-amfs-credentials") is None
+    for ns, name in ((second, "same"), (second, "nested"), (first, "sibling")):
+        body = cluster.wait_condition(ns, name, "Ready", "False", "PrefixConflict")
+        message = condition(body, "Ready")["message"]
+        assert f"{first}/owner" in message
+        assert ("in this namespace" if ns == first else "in another namespace") in message
+        assert cluster.get(ns, "configmaps", f"{name}-amfs") is None
+        assert cluster.get(ns, "secrets", f"{name}-amfs-credentials") is None
     cluster.wait_condition(second, "apart", "Ready", "True")
-    cluster.wait_condition(first, "sibling", "Ready", "True")  # same tenant: allowed
     assert condition(cluster.memory(first, "owner") or {}, "Ready")["status"] == "True"
 
 
