@@ -41,6 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr, ValidationError
 
 from amfs_s3 import config as config_module
+from amfs_s3.clock import StorageClock
 from amfs_s3.config import S3Settings
 from amfs_s3.exceptions import AdapterError, InvalidNameError, S3AccessError
 from amfs_s3.journal import Change, JournalCursor
@@ -68,10 +69,6 @@ def _status(exc: ClientError) -> int:
 def _default_writer_id() -> str:
     host = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())[:40]
     return f"{host or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class S3Adapter(AdapterABC):
@@ -131,6 +128,9 @@ class S3Adapter(AdapterABC):
         self.layout = Layout(self.settings.prefix, self.settings.namespace)
         self.writer_id = writer_id or _default_writer_id()
         self._observer = request_observer
+        self.clock = StorageClock()
+        self._future_writers_reported: set[str] = set()
+        self.future_records = 0
         self._botocore_config = Config(
             # total_max_attempts counts the first try too; max_attempts would not.
             retries={"mode": retry_mode, "total_max_attempts": max_attempts},
@@ -195,10 +195,16 @@ class S3Adapter(AdapterABC):
             aws_secret_access_key=secret.get_secret_value() if secret else None,
             config=self._botocore_config,
         )
+        client.meta.events.register("after-call.s3", self._observe_storage_date)
         if self._observer is not None:
             client.meta.events.register("after-call.s3", self._observe_success)
             client.meta.events.register("after-call-error.s3", self._observe_failure)
         return client
+
+    def _observe_storage_date(self, http_response: Any = None, **_: Any) -> None:
+        headers = getattr(http_response, "headers", None)
+        if headers is not None:
+            self.clock.observe(headers.get("Date"))
 
     def _observe_success(self, http_response: Any = None, parsed: Any = None, model: Any = None,
                          **_: Any) -> None:
@@ -541,7 +547,8 @@ class S3Adapter(AdapterABC):
     def _next_journal_key(self) -> tuple[str, int]:
         with self._seq_lock:
             seq = next(self._seq)
-        ms = _now_ms()
+        # The storage's clock, not ours: see amfs_s3.clock.
+        ms = self.clock.now_ms()
         return self.layout.journal_key(ms, self.writer_id, seq), ms
 
     def _journal(self, change_kwargs: dict[str, Any]) -> Change:
@@ -760,6 +767,8 @@ class S3Adapter(AdapterABC):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         changes: builtins.list[Change] = []
         for journal_key in cursor.pending(keys):
+            if cursor.is_from_the_future(journal_key):
+                self._report_future_record(journal_key)
             try:
                 data = self._get_json(journal_key)
             except S3AccessError as exc:
@@ -779,6 +788,21 @@ class S3Adapter(AdapterABC):
             if confirm:
                 cursor.confirm(journal_key)
         return changes
+
+    def _report_future_record(self, journal_key: str) -> None:
+        """Count a record stamped ahead of the storage's clock; warn once per writer."""
+        self.future_records += 1
+        name = self.layout.parse_journal_key(journal_key)
+        writer = name.writer if name is not None else "?"
+        if writer in self._future_writers_reported:
+            return
+        self._future_writers_reported.add(writer)
+        ahead = (name.ms - self.clock.now_ms()) / 1000 if name is not None else 0.0
+        logger.warning(
+            "journal record %s from writer %s is stamped %.1fs ahead of the storage's clock: "
+            "that writer's clock is wrong (it is delivered once; pollers do not follow it)",
+            journal_key, writer, ahead,
+        )
 
     @staticmethod
     def _parse_change(journal_key: str, data: dict[str, Any] | None) -> Change | None:

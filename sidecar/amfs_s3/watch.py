@@ -16,6 +16,7 @@ from typing import Protocol
 from amfs_core.abc import WatchHandle
 from amfs_core.models import MemoryEntry
 
+from amfs_s3.clock import StorageClock
 from amfs_s3.config import S3Settings
 from amfs_s3.journal import Change, JournalCursor
 from amfs_s3.layout import Layout, is_within
@@ -28,6 +29,7 @@ class ChangeSource(Protocol):
 
     layout: Layout
     settings: S3Settings
+    clock: StorageClock
 
     def poll_journal(self, cursor: JournalCursor, *, confirm: bool = True) -> list[Change]: ...
 
@@ -78,7 +80,10 @@ class WatchLoop:
 
     def _start(self) -> None:
         self._stop = threading.Event()
-        self._cursor = JournalCursor.starting_now(self._adapter.layout, _now_ms())
+        clock = self._adapter.clock
+        self._cursor = JournalCursor.starting_now(
+            self._adapter.layout, clock.now_ms(), clock=clock.now_ms
+        )
         self._known_versions = {}
         self._baselined = False
         self._thread = threading.Thread(target=self._run, name="amfs-s3-watch", daemon=True)
@@ -175,7 +180,3 @@ class WatchLoop:
                 callback(entry)
             except Exception:
                 logger.exception("watch callback failed for %s/%s", entry.entity_path, entry.key)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

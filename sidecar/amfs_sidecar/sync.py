@@ -78,6 +78,8 @@ class Synchronizer:
         self.last_poll_success: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._future_records_counted = 0
+        metrics.bind_storage_clock_offset(lambda: adapter.clock.offset_seconds)
 
     @property
     def ready(self) -> bool:
@@ -148,8 +150,9 @@ class Synchronizer:
             )
         # The cursor starts before the scan, so a change made during the scan
         # is either in the scan or in the first poll (observe() is idempotent).
+        clock = self.adapter.clock
         self.cursor = JournalCursor.starting_now(
-            self.adapter.layout, _now_ms(), lookback_ms=self.lookback_ms
+            self.adapter.layout, clock.now_ms(), lookback_ms=self.lookback_ms, clock=clock.now_ms
         )
         await self.resync()
         self.index.synced = True
@@ -183,11 +186,16 @@ class Synchronizer:
         changes: list[Change] = await self.offload(
             functools.partial(self.adapter.poll_journal, cursor, confirm=False)
         )
-        now = time.time()
+        # Lag is measured on the storage's clock, the one journal times are in.
+        observed_at = self.adapter.clock.now()
         self.metrics.observe_poll_duration(time.perf_counter() - started)
         handled = await self.apply(changes)
         for change in handled:
-            self.metrics.observe_poll_lag(now - change.written_at_ms / 1000.0)
+            self.metrics.observe_poll_lag(max(observed_at - change.written_at_ms / 1000.0, 0.0))
+        future = self.adapter.future_records
+        self.metrics.count_future_records(future - self._future_records_counted)
+        self._future_records_counted = future
+        now = time.time()
         self.last_poll_success = now
         self.last_error = None
         self.metrics.mark_poll_success(now)
@@ -276,7 +284,8 @@ class Synchronizer:
     async def replay(self, last_event_id: str, scope: str) -> list[Event]:
         """What a stream resuming after *last_event_id* missed, from the journal."""
         cursor = JournalCursor.resuming_after(
-            self.adapter.layout, last_event_id, lookback_ms=self.lookback_ms
+            self.adapter.layout, last_event_id, lookback_ms=self.lookback_ms,
+            clock=self.adapter.clock.now_ms,
         )
         changes: list[Change] = await self.offload(self.adapter.poll_journal, cursor)
         # Outcomes are filtered after fetching: the record names the entities.
@@ -289,7 +298,3 @@ class Synchronizer:
 def _unreadable_for_good(exc: Exception) -> bool:
     """A broken object or name, as opposed to S3 failing to serve it (worth a retry)."""
     return isinstance(exc, AdapterError | ValueError) and not isinstance(exc, S3AccessError)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
