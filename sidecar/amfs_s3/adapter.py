@@ -9,6 +9,7 @@ The object layout is fixed in :mod:`amfs_s3.layout`.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -54,6 +56,9 @@ RequestObserver = Callable[[str, str], None]
 
 # A lost race retries as the next version; this bounds a pathological storm.
 MAX_WRITE_ATTEMPTS = 64
+# Journal records waiting for S3 after their PUT failed; beyond this the oldest
+# are left to the snapshot writer's scan.
+MAX_PENDING_JOURNAL_RECORDS = 10_000
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -131,6 +136,8 @@ class S3Adapter(AdapterABC):
         self.clock = StorageClock()
         self._future_writers_reported: set[str] = set()
         self.future_records = 0
+        self._pending_journal: deque[Change] = deque()
+        self._pending_lock = threading.Lock()
         self._botocore_config = Config(
             # total_max_attempts counts the first try too; max_attempts would not.
             retries={"mode": retry_mode, "total_max_attempts": max_attempts},
@@ -552,19 +559,61 @@ class S3Adapter(AdapterABC):
         return self.layout.journal_key(ms, self.writer_id, seq), ms
 
     def _journal(self, change_kwargs: dict[str, Any]) -> Change:
+        """PUT the journal record of a change; one that fails waits in
+        :attr:`pending_journal` for :meth:`flush_journal`, never lost in silence."""
+        self.flush_journal()  # older records first, where S3 lets us
         journal_key, ms = self._next_journal_key()
         change = Change(journal_key=journal_key, written_at_ms=ms, writer=self.writer_id,
                         **change_kwargs)
+        if not self._put_journal_record(change):
+            self._hold_journal_record(change)
+        return change
+
+    def _put_journal_record(self, change: Change) -> bool:
         body = json.dumps(change.to_record()).encode("utf-8")
         try:
-            self._call("put_object", journal_key, Key=journal_key, Body=body,
+            self._call("put_object", change.journal_key, Key=change.journal_key, Body=body,
                        ContentType="application/json")
         except (ClientError, S3AccessError) as exc:
-            # The version is durable and current already; the next full resync
-            # of every poller finds it even without this record.
-            logger.warning("journal record %s not written (%s); pollers will see the "
-                           "change at their next full resync", journal_key, exc)
-        return change
+            logger.warning("journal record %s not written (%s); retrying in the background",
+                           change.journal_key, exc)
+            return False
+        return True
+
+    def _hold_journal_record(self, change: Change) -> None:
+        with self._pending_lock:
+            if len(self._pending_journal) >= MAX_PENDING_JOURNAL_RECORDS:
+                dropped = self._pending_journal.popleft()
+                # Still not lost: the snapshot writer's scan finds the version
+                # and journals it for everybody.
+                logger.error("journal backlog full; %s left to the snapshot writer's scan",
+                             dropped.journal_key)
+            self._pending_journal.append(change)
+
+    @property
+    def pending_journal_records(self) -> int:
+        return len(self._pending_journal)
+
+    def flush_journal(self) -> builtins.list[Change]:
+        """Write the journal records that failed earlier, oldest first, each under a
+        new key in today's time so pollers (who look back only so far) still see
+        it; the body keeps the original ``written_at_ms``, so lag tells the truth.
+        Stops at the first failure. Returns the records written."""
+        written: builtins.list[Change] = []
+        while True:
+            with self._pending_lock:
+                if not self._pending_journal:
+                    return written
+                held = self._pending_journal[0]
+            journal_key, _ = self._next_journal_key()
+            change = dataclasses.replace(held, journal_key=journal_key)
+            if not self._put_journal_record(change):
+                return written
+            with self._pending_lock:
+                if self._pending_journal and self._pending_journal[0] is held:
+                    self._pending_journal.popleft()
+            self._watch.note_local(change, None)
+            written.append(change)
 
     def _journal_write(self, entry: MemoryEntry) -> Change:
         return self._journal({"kind": "write", "entity_path": entry.entity_path,

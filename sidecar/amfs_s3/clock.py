@@ -21,6 +21,9 @@ from email.utils import parsedate_to_datetime
 SAMPLES = 31
 # HTTP dates are truncated to the second: the true time lies in [date, date + 1).
 _HALF_SECOND = 0.5
+# Below this the Date header cannot tell a wrong clock from its own rounding, and
+# an NTP-synced clock is better than any estimate from it: trust the local clock.
+TRUST_LOCAL_WITHIN_SECONDS = 2.0
 
 
 def parse_http_date(value: str | None) -> float | None:
@@ -37,7 +40,8 @@ def parse_http_date(value: str | None) -> float | None:
 
 
 class StorageClock:
-    """Local time corrected by the median offset of the storage's ``Date`` headers.
+    """Local time corrected by the median offset of the storage's ``Date`` headers,
+    when that offset is larger than the headers' resolution can explain.
 
     Thread-safe; before the first observation it is the local clock. ``now_ms``
     never goes backwards, however the estimate moves: one writer's journal keys
@@ -68,7 +72,8 @@ class StorageClock:
         local = self._local() if received_at is None else received_at
         with self._lock:
             self._offsets.append(storage_time + _HALF_SECOND - local)
-            self._offset = statistics.median(self._offsets)
+            median = statistics.median(self._offsets)
+            self._offset = median if abs(median) > TRUST_LOCAL_WITHIN_SECONDS else 0.0
 
     def now(self) -> float:
         """The storage's time now, in seconds since the epoch."""

@@ -33,6 +33,8 @@ class ChangeSource(Protocol):
 
     def poll_journal(self, cursor: JournalCursor, *, confirm: bool = True) -> list[Change]: ...
 
+    def flush_journal(self) -> list[Change]: ...
+
     def read_at_version(self, entity_path: str, key: str, version: int) -> MemoryEntry | None: ...
 
     def scan_versions(
@@ -96,7 +98,7 @@ class WatchLoop:
             thread.join(timeout=10)
         self._thread = None
 
-    def note_local(self, change: Change, entry: MemoryEntry) -> None:
+    def note_local(self, change: Change, entry: MemoryEntry | None) -> None:
         """Deliver this adapter's own write at once and keep polling from echoing it."""
         if self._cursor is not None:
             self._cursor.mark_seen(change.journal_key)
@@ -121,6 +123,7 @@ class WatchLoop:
     def _poll(self) -> None:
         cursor = self._cursor
         assert cursor is not None
+        self._adapter.flush_journal()
         # Confirm each change only once it is delivered: if reading an entry
         # fails, it and everything after it are listed again by the next poll.
         for change in self._adapter.poll_journal(cursor, confirm=False):

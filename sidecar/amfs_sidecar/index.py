@@ -55,15 +55,19 @@ class EntryIndex:
             self._ops += 1
             slot = self._slots.get((entity_path, key))
             if slot is None:
-                self._slots[(entity_path, key)] = _Slot(version, 1, self._ops)
-                self._versions_total += 1
+                self._slots[(entity_path, key)] = _Slot(version, version, self._ops)
+                self._versions_total += version
                 return True
             if version <= slot.version:
                 return False
+            # Versions are contiguous (a writer creates N+1 only once N exists), so
+            # version N means N versions, whatever order they arrive in: another
+            # pod's v4 seen after our own v5 adds nothing. A scan counts exactly.
+            grown = max(slot.versions + 1, version)
+            self._versions_total += grown - slot.versions
             slot.version = version
-            slot.versions += 1
+            slot.versions = grown
             slot.touched = self._ops
-            self._versions_total += 1
             return True
 
     def mark(self) -> int:

@@ -90,7 +90,13 @@ class SidecarMetrics:
             "The storage's clock minus this pod's, estimated from S3 Date headers.",
             CONST_LABELS, registry=r,
         )
+        self.pending_journal_records = Gauge(
+            "amfs_sidecar_journal_pending_records",
+            "This sidecar's journal records that S3 refused, waiting to be written again.",
+            CONST_LABELS, registry=r,
+        )
         # Series that must exist from the first scrape, so alerts see 0 not absence.
+        self.pending_journal_records.labels(*self._const).set(0)
         self.future_records.labels(*self._const).inc(0)
         self.watchers.labels(*self._const).set(0)
         self.last_poll_success.labels(*self._const).set(0)
@@ -111,6 +117,9 @@ class SidecarMetrics:
     def count_future_records(self, count: int) -> None:
         if count > 0:
             self.future_records.labels(*self._const).inc(count)
+
+    def bind_pending_journal_records(self, count: Callable[[], int]) -> None:
+        self.pending_journal_records.labels(*self._const).set_function(lambda: float(count()))
 
     def bind_storage_clock_offset(self, offset: Callable[[], float]) -> None:
         self.storage_clock_offset.labels(*self._const).set_function(offset)

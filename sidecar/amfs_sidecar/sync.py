@@ -80,6 +80,7 @@ class Synchronizer:
         self._wake = asyncio.Event()
         self._future_records_counted = 0
         metrics.bind_storage_clock_offset(lambda: adapter.clock.offset_seconds)
+        metrics.bind_pending_journal_records(lambda: adapter.pending_journal_records)
 
     @property
     def ready(self) -> bool:
@@ -183,6 +184,9 @@ class Synchronizer:
         if cursor is None:
             return []
         started = time.perf_counter()
+        # This sidecar's own records that S3 refused earlier go first.
+        for change in await self.offload(self.adapter.flush_journal):
+            self.note_local(change)
         changes: list[Change] = await self.offload(
             functools.partial(self.adapter.poll_journal, cursor, confirm=False)
         )
