@@ -9,6 +9,7 @@ The object layout is fixed in :mod:`amfs_s3.layout`.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -41,6 +43,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr, ValidationError
 
 from amfs_s3 import config as config_module
+from amfs_s3.clock import StorageClock
 from amfs_s3.config import S3Settings
 from amfs_s3.exceptions import AdapterError, InvalidNameError, S3AccessError
 from amfs_s3.journal import Change, JournalCursor
@@ -53,6 +56,11 @@ RequestObserver = Callable[[str, str], None]
 
 # A lost race retries as the next version; this bounds a pathological storm.
 MAX_WRITE_ATTEMPTS = 64
+# Journal records waiting for S3 after their PUT failed; beyond this the oldest
+# are left to the snapshot writer's scan.
+MAX_PENDING_JOURNAL_RECORDS = 10_000
+# Records fetched by one poll; the rest wait for the next, so memory stays bounded.
+MAX_JOURNAL_RECORDS_PER_POLL = 2_000
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -68,10 +76,6 @@ def _status(exc: ClientError) -> int:
 def _default_writer_id() -> str:
     host = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())[:40]
     return f"{host or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class S3Adapter(AdapterABC):
@@ -131,6 +135,11 @@ class S3Adapter(AdapterABC):
         self.layout = Layout(self.settings.prefix, self.settings.namespace)
         self.writer_id = writer_id or _default_writer_id()
         self._observer = request_observer
+        self.clock = StorageClock()
+        self._future_writers_reported: set[str] = set()
+        self.future_records = 0
+        self._pending_journal: deque[Change] = deque()
+        self._pending_lock = threading.Lock()
         self._botocore_config = Config(
             # total_max_attempts counts the first try too; max_attempts would not.
             retries={"mode": retry_mode, "total_max_attempts": max_attempts},
@@ -195,10 +204,16 @@ class S3Adapter(AdapterABC):
             aws_secret_access_key=secret.get_secret_value() if secret else None,
             config=self._botocore_config,
         )
+        client.meta.events.register("after-call.s3", self._observe_storage_date)
         if self._observer is not None:
             client.meta.events.register("after-call.s3", self._observe_success)
             client.meta.events.register("after-call-error.s3", self._observe_failure)
         return client
+
+    def _observe_storage_date(self, http_response: Any = None, **_: Any) -> None:
+        headers = getattr(http_response, "headers", None)
+        if headers is not None:
+            self.clock.observe(headers.get("Date"))
 
     def _observe_success(self, http_response: Any = None, parsed: Any = None, model: Any = None,
                          **_: Any) -> None:
@@ -541,23 +556,72 @@ class S3Adapter(AdapterABC):
     def _next_journal_key(self) -> tuple[str, int]:
         with self._seq_lock:
             seq = next(self._seq)
-        ms = _now_ms()
+        # The storage's clock, not ours: see amfs_s3.clock.
+        ms = self.clock.now_ms()
         return self.layout.journal_key(ms, self.writer_id, seq), ms
 
     def _journal(self, change_kwargs: dict[str, Any]) -> Change:
+        """PUT the journal record of a change; one that fails waits in
+        :attr:`pending_journal` for :meth:`flush_journal`, never lost in silence."""
+        self.flush_journal()  # older records first, where S3 lets us
         journal_key, ms = self._next_journal_key()
         change = Change(journal_key=journal_key, written_at_ms=ms, writer=self.writer_id,
                         **change_kwargs)
+        if not self._put_journal_record(change):
+            self._hold_journal_record(change)
+        return change
+
+    def _put_journal_record(self, change: Change) -> bool:
         body = json.dumps(change.to_record()).encode("utf-8")
         try:
-            self._call("put_object", journal_key, Key=journal_key, Body=body,
+            self._call("put_object", change.journal_key, Key=change.journal_key, Body=body,
                        ContentType="application/json")
         except (ClientError, S3AccessError) as exc:
-            # The version is durable and current already; the next full resync
-            # of every poller finds it even without this record.
-            logger.warning("journal record %s not written (%s); pollers will see the "
-                           "change at their next full resync", journal_key, exc)
-        return change
+            logger.warning("journal record %s not written (%s); retrying in the background",
+                           change.journal_key, exc)
+            return False
+        return True
+
+    def _hold_journal_record(self, change: Change) -> None:
+        with self._pending_lock:
+            if len(self._pending_journal) >= MAX_PENDING_JOURNAL_RECORDS:
+                dropped = self._pending_journal.popleft()
+                # Still not lost: the snapshot writer's scan finds the version
+                # and journals it for everybody.
+                logger.error("journal backlog full; %s left to the snapshot writer's scan",
+                             dropped.journal_key)
+            self._pending_journal.append(change)
+
+    @property
+    def pending_journal_records(self) -> int:
+        return len(self._pending_journal)
+
+    def flush_journal(self) -> builtins.list[Change]:
+        """Write the journal records that failed earlier, oldest first, each under a
+        new key in today's time so pollers (who look back only so far) still see
+        it; the body keeps the original ``written_at_ms``, so lag tells the truth.
+        Stops at the first failure. Returns the records written."""
+        written: builtins.list[Change] = []
+        while True:
+            with self._pending_lock:
+                if not self._pending_journal:
+                    return written
+                held = self._pending_journal[0]
+            journal_key, _ = self._next_journal_key()
+            change = dataclasses.replace(held, journal_key=journal_key)
+            if not self._put_journal_record(change):
+                return written
+            with self._pending_lock:
+                if self._pending_journal and self._pending_journal[0] is held:
+                    self._pending_journal.popleft()
+            self._watch.note_local(change, None)
+            written.append(change)
+
+    def record_found_version(self, entity_path: str, key: str, version: int) -> Change:
+        """Journal a version some writer stored without a journal record (found by a
+        scan), so every poller learns of it like any other write."""
+        return self._journal({"kind": "write", "entity_path": entity_path, "key": key,
+                              "version": version})
 
     def _journal_write(self, entry: MemoryEntry) -> Change:
         return self._journal({"kind": "write", "entity_path": entry.entity_path,
@@ -643,6 +707,11 @@ class S3Adapter(AdapterABC):
                 if self.layout.parse_outcome_key(obj["Key"]) is not None
             )
         return keys
+
+    def outcome_refs(self) -> set[str]:
+        """The refs of every stored outcome, from listings alone."""
+        refs = (self.layout.parse_outcome_key(k) for k in self._outcome_keys())
+        return {ref for ref in refs if ref}
 
     def count_outcomes(self, **_: Any) -> int:
         return len(self._outcome_keys())
@@ -759,9 +828,15 @@ class S3Adapter(AdapterABC):
         for page in self._list(self.layout.journal_root, start_after=cursor.start_after()):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         changes: builtins.list[Change] = []
-        for journal_key in cursor.pending(keys):
+        pending = cursor.pending(keys)[:MAX_JOURNAL_RECORDS_PER_POLL]
+        # Fetched concurrently (a cold start catches up on many), handled in order.
+        fetched = self._pool.map(self._fetch_journal_record, pending)
+        for journal_key, (data, error) in zip(pending, fetched, strict=True):
+            if cursor.is_from_the_future(journal_key):
+                self._report_future_record(journal_key)
             try:
-                data = self._get_json(journal_key)
+                if error is not None:
+                    raise error
             except S3AccessError as exc:
                 logger.warning("journal record %s not readable yet (%s); retrying next poll",
                                journal_key, exc)
@@ -779,6 +854,29 @@ class S3Adapter(AdapterABC):
             if confirm:
                 cursor.confirm(journal_key)
         return changes
+
+    def _fetch_journal_record(
+        self, journal_key: str
+    ) -> tuple[dict[str, Any] | None, AdapterError | None]:
+        try:
+            return self._get_json(journal_key), None
+        except AdapterError as exc:
+            return None, exc
+
+    def _report_future_record(self, journal_key: str) -> None:
+        """Count a record stamped ahead of the storage's clock; warn once per writer."""
+        self.future_records += 1
+        name = self.layout.parse_journal_key(journal_key)
+        writer = name.writer if name is not None else "?"
+        if writer in self._future_writers_reported:
+            return
+        self._future_writers_reported.add(writer)
+        ahead = (name.ms - self.clock.now_ms()) / 1000 if name is not None else 0.0
+        logger.warning(
+            "journal record %s from writer %s is stamped %.1fs ahead of the storage's clock: "
+            "that writer's clock is wrong (it is delivered once; pollers do not follow it)",
+            journal_key, writer, ahead,
+        )
 
     @staticmethod
     def _parse_change(journal_key: str, data: dict[str, Any] | None) -> Change | None:

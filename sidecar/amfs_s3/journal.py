@@ -9,12 +9,21 @@ of recently seen keys keeps the overlap from delivering anything twice.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from amfs_s3.layout import Layout
 
 DEFAULT_LOOKBACK_MS = 30_000
+# A record stamped further ahead of the storage's clock than this comes from a
+# writer whose clock (or estimate of the storage's) is wrong: it is reported.
+FUTURE_TOLERANCE_MS = 5_000
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,10 @@ class JournalCursor:
 
     ``seen`` holds the keys delivered within the look-back window so a
     re-listed overlap is never delivered twice; older keys are forgotten.
+    ``clock`` is the storage's time in ms: the high-water mark never moves past
+    it, so a record from a writer whose clock runs ahead cannot drag the
+    listing past everybody else's records; that record stays in ``seen``
+    until the clock catches up with it, so it is delivered once.
     """
 
     layout: Layout
@@ -70,15 +83,26 @@ class JournalCursor:
     high_water_ms: int = 0
     seen: dict[str, int] = field(default_factory=dict)
     resume_key: str | None = None
+    clock: Callable[[], int] = wall_clock_ms
 
     @classmethod
-    def starting_now(cls, layout: Layout, now_ms: int, lookback_ms: int = DEFAULT_LOOKBACK_MS):
+    def starting_now(
+        cls,
+        layout: Layout,
+        now_ms: int,
+        lookback_ms: int = DEFAULT_LOOKBACK_MS,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> JournalCursor:
         """A cursor that ignores history: only changes from now on."""
-        return cls(layout=layout, lookback_ms=lookback_ms, high_water_ms=now_ms)
+        return cls(layout=layout, lookback_ms=lookback_ms, high_water_ms=now_ms, clock=clock)
 
     @classmethod
     def resuming_after(
-        cls, layout: Layout, journal_key: str, lookback_ms: int = DEFAULT_LOOKBACK_MS
+        cls,
+        layout: Layout,
+        journal_key: str,
+        lookback_ms: int = DEFAULT_LOOKBACK_MS,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> JournalCursor:
         """A cursor for a client that last saw *journal_key* (SSE Last-Event-ID).
 
@@ -89,7 +113,11 @@ class JournalCursor:
         if name is None:
             raise ValueError(f"not a journal key of this memory: {journal_key!r}")
         return cls(
-            layout=layout, lookback_ms=lookback_ms, high_water_ms=name.ms, resume_key=journal_key
+            layout=layout,
+            lookback_ms=lookback_ms,
+            high_water_ms=min(name.ms, clock()),
+            resume_key=journal_key,
+            clock=clock,
         )
 
     def start_after(self) -> str:
@@ -116,7 +144,7 @@ class JournalCursor:
         if name is None:
             return
         self.seen[journal_key] = name.ms
-        self.high_water_ms = max(self.high_water_ms, name.ms)
+        self.high_water_ms = max(self.high_water_ms, min(name.ms, self.clock()))
         self._forget_old()
 
     def accept(self, keys: list[str]) -> list[str]:
@@ -125,6 +153,11 @@ class JournalCursor:
         for key in fresh:
             self.confirm(key)
         return fresh
+
+    def is_from_the_future(self, journal_key: str) -> bool:
+        """Whether *journal_key* claims a time well ahead of the storage's clock."""
+        name = self.layout.parse_journal_key(journal_key)
+        return name is not None and name.ms > self.clock() + FUTURE_TOLERANCE_MS
 
     def mark_seen(self, journal_key: str) -> None:
         """Record a change this process made itself, so polling never echoes it."""

@@ -16,6 +16,7 @@ from typing import Protocol
 from amfs_core.abc import WatchHandle
 from amfs_core.models import MemoryEntry
 
+from amfs_s3.clock import StorageClock
 from amfs_s3.config import S3Settings
 from amfs_s3.journal import Change, JournalCursor
 from amfs_s3.layout import Layout, is_within
@@ -28,8 +29,11 @@ class ChangeSource(Protocol):
 
     layout: Layout
     settings: S3Settings
+    clock: StorageClock
 
     def poll_journal(self, cursor: JournalCursor, *, confirm: bool = True) -> list[Change]: ...
+
+    def flush_journal(self) -> list[Change]: ...
 
     def read_at_version(self, entity_path: str, key: str, version: int) -> MemoryEntry | None: ...
 
@@ -78,7 +82,10 @@ class WatchLoop:
 
     def _start(self) -> None:
         self._stop = threading.Event()
-        self._cursor = JournalCursor.starting_now(self._adapter.layout, _now_ms())
+        clock = self._adapter.clock
+        self._cursor = JournalCursor.starting_now(
+            self._adapter.layout, clock.now_ms(), clock=clock.now_ms
+        )
         self._known_versions = {}
         self._baselined = False
         self._thread = threading.Thread(target=self._run, name="amfs-s3-watch", daemon=True)
@@ -91,7 +98,7 @@ class WatchLoop:
             thread.join(timeout=10)
         self._thread = None
 
-    def note_local(self, change: Change, entry: MemoryEntry) -> None:
+    def note_local(self, change: Change, entry: MemoryEntry | None) -> None:
         """Deliver this adapter's own write at once and keep polling from echoing it."""
         if self._cursor is not None:
             self._cursor.mark_seen(change.journal_key)
@@ -116,6 +123,7 @@ class WatchLoop:
     def _poll(self) -> None:
         cursor = self._cursor
         assert cursor is not None
+        self._adapter.flush_journal()
         # Confirm each change only once it is delivered: if reading an entry
         # fails, it and everything after it are listed again by the next poll.
         for change in self._adapter.poll_journal(cursor, confirm=False):
@@ -175,7 +183,3 @@ class WatchLoop:
                 callback(entry)
             except Exception:
                 logger.exception("watch callback failed for %s/%s", entry.entity_path, entry.key)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -79,7 +79,25 @@ class SidecarMetrics:
             "1 if the provider honours If-None-Match on PUT (no lost updates), else 0.",
             CONST_LABELS, registry=r,
         )
+        self.future_records = Counter(
+            "amfs_sidecar_journal_future_records",
+            "Journal records stamped well ahead of the storage's clock (a writer's clock is "
+            "wrong); each is delivered once, and pollers do not follow it.",
+            CONST_LABELS, registry=r,
+        )
+        self.storage_clock_offset = Gauge(
+            "amfs_sidecar_storage_clock_offset_seconds",
+            "The storage's clock minus this pod's, estimated from S3 Date headers.",
+            CONST_LABELS, registry=r,
+        )
+        self.pending_journal_records = Gauge(
+            "amfs_sidecar_journal_pending_records",
+            "This sidecar's journal records that S3 refused, waiting to be written again.",
+            CONST_LABELS, registry=r,
+        )
         # Series that must exist from the first scrape, so alerts see 0 not absence.
+        self.pending_journal_records.labels(*self._const).set(0)
+        self.future_records.labels(*self._const).inc(0)
         self.watchers.labels(*self._const).set(0)
         self.last_poll_success.labels(*self._const).set(0)
         for kind in OBJECT_KINDS:
@@ -95,6 +113,16 @@ class SidecarMetrics:
     def observe_poll_lag(self, seconds: float) -> None:
         # A writer's clock ahead of ours gives a negative lag; count it as zero.
         self.poll_lag.labels(*self._const).observe(max(seconds, 0.0))
+
+    def count_future_records(self, count: int) -> None:
+        if count > 0:
+            self.future_records.labels(*self._const).inc(count)
+
+    def bind_pending_journal_records(self, count: Callable[[], int]) -> None:
+        self.pending_journal_records.labels(*self._const).set_function(lambda: float(count()))
+
+    def bind_storage_clock_offset(self, offset: Callable[[], float]) -> None:
+        self.storage_clock_offset.labels(*self._const).set_function(offset)
 
     def observe_poll_duration(self, seconds: float) -> None:
         self.poll_duration.labels(*self._const).observe(seconds)

@@ -25,7 +25,8 @@ def test_observe_moves_only_forward_and_counts() -> None:
     assert index.observe("a", "k", 3) is False
     assert index.current("a", "k") == 3
     index.observe("a/b", "k", 1)
-    assert (index.count("entries"), index.count("versions")) == (2, 3)
+    # v3 means v1..v3 exist: versions are contiguous.
+    assert (index.count("entries"), index.count("versions")) == (2, 4)
     assert index.entity_count() == 2
     with pytest.raises(ValueError, match="unknown object kind"):
         index.count("bananas")
@@ -84,3 +85,25 @@ def test_cache_keeps_the_newest_version_and_skips_oversized_values() -> None:
     assert len(cache) == 1
     with pytest.raises(ValueError, match="must be >= 0"):
         ValueCache(-1)
+
+
+def test_versions_are_counted_exactly_whatever_order_they_arrive_in() -> None:
+    index = EntryIndex()
+    index.observe("svc", "k", 1)
+    index.observe("svc", "k", 2)
+    index.observe("svc", "k", 5)  # our own write, after another pod's 3 and 4
+    index.observe("svc", "k", 3)  # which arrive through the journal later
+    index.observe("svc", "k", 4)
+    assert (index.current("svc", "k"), index.count("versions")) == (5, 5)
+    index.observe("other", "k", 2)  # first seen at v2: v1 exists too
+    assert index.count("versions") == 7
+
+
+def test_outcomes_added_during_a_listing_are_counted_once() -> None:
+    index = EntryIndex()
+    mark = index.mark()
+    index.add_outcome("seen-by-listing")
+    index.add_outcome("after-listing")
+    index.add_outcome("after-listing")  # the same record again
+    index.set_outcomes(2, listed={"old", "seen-by-listing"}, since=mark)
+    assert index.count("outcomes") == 3
