@@ -305,7 +305,9 @@ async def test_concurrent_api_writers_under_mixed_faults_keep_every_acknowledged
     # Versions 1..N for N acknowledged writes: none skipped, none duplicated.
     assert sorted(acknowledged) == list(range(1, total + 1))
     assert stored_versions(s3_client, bucket, "race", "hot") == list(range(1, total + 1))
-    assert journal_versions(s3_client, bucket, "race", "hot") == list(range(1, total + 1))
+    # At least once: a record whose PUT answer was lost is written again.
+    assert sorted(set(journal_versions(s3_client, bucket, "race", "hot"))) == list(
+        range(1, total + 1))
     assert {e["version"]: e["value"] for e in history["versions"]} == acknowledged
 
 
