@@ -204,8 +204,10 @@ class S3Adapter(AdapterABC):
         )
         client.meta.events.register("after-call.s3", self._observe_storage_date)
         if self._observer is not None:
-            client.meta.events.register("after-call.s3", self._observe_success)
-            client.meta.events.register("after-call-error.s3", self._observe_failure)
+            # One event per attempt, retries included, whether an answer came or
+            # the connection failed (after-call/after-call-error fire once per call,
+            # and the latter carries no operation model).
+            client.meta.events.register("response-received.s3", self._observe_attempt)
         return client
 
     def _observe_storage_date(self, http_response: Any = None, **_: Any) -> None:
@@ -213,16 +215,16 @@ class S3Adapter(AdapterABC):
         if headers is not None:
             self.clock.observe(headers.get("Date"))
 
-    def _observe_success(self, http_response: Any = None, parsed: Any = None, model: Any = None,
-                         **_: Any) -> None:
-        status = getattr(http_response, "status_code", 200) or 200
-        outcome = "success" if status < 400 else self._outcome_for_status(status)
-        if self._observer is not None and model is not None:
-            self._observer(model.name, outcome)
-
-    def _observe_failure(self, model: Any = None, **_: Any) -> None:
-        if self._observer is not None and model is not None:
-            self._observer(model.name, "error")
+    def _observe_attempt(self, event_name: str = "", response_dict: Any = None,
+                         exception: Any = None, **_: Any) -> None:
+        if self._observer is None:
+            return
+        operation = event_name.rsplit(".", 1)[-1]  # response-received.s3.PutObject
+        if exception is not None or response_dict is None:
+            self._observer(operation, "error")
+            return
+        status = int(response_dict.get("status_code") or 200)
+        self._observer(operation, "success" if status < 400 else self._outcome_for_status(status))
 
     @staticmethod
     def _outcome_for_status(status: int) -> str:

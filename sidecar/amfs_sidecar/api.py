@@ -200,11 +200,18 @@ async def observe(request: web.Request, handler: Callable[[web.Request], Awaitab
         response = error_response(exc.status, detail)
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        # The client left before its answer: nothing failed here and nobody reads
+        # a status; aiohttp drops the write to the closed connection quietly.
+        logger.debug("client disconnected", extra=fields(route=route, method=request.method))
+        return web.Response(status=499)
     except Exception as exc:
         response = map_exception(exc)
-    if route != STREAM_ROUTE or response.status >= 400:
+    if not response.prepared:
+        # A response already prepared was streamed: its handler counted it at the
+        # first byte, since a stream's lifetime is no request latency.
         request.app[CTX].metrics.observe_request(
-            route, response.status, time.perf_counter() - started
+            request.method, route, response.status, time.perf_counter() - started
         )
     return response
 
@@ -722,7 +729,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         request, ctx.hub, scope=params.entity_path, last_event_id=last_event_id,
         replay=ctx.sync.replay, heartbeat=ctx.heartbeat,
         on_prepared=lambda: ctx.metrics.observe_request(
-            STREAM_ROUTE, 200, time.perf_counter() - started),
+            request.method, STREAM_ROUTE, 200, time.perf_counter() - started),
     )
 
 

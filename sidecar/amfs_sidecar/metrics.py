@@ -3,22 +3,30 @@
 Names and labels are DESIGN.md's. Every series also carries the constant labels
 ``memory`` and ``memory_namespace`` (env ``AMFS_MEMORY_NAME`` /
 ``AMFS_MEMORY_NAMESPACE``, set by the injector) so one Prometheus can tell the
-sidecars of different memories apart. Labels are bounded: routes are route
+sidecars of different memories apart; a standalone sidecar (no injector) uses
+its AMFS namespace and ``local``. Labels are bounded: routes are route
 templates, operations are S3 operation names; never entity paths or keys.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 ENV_MEMORY_NAME = "AMFS_MEMORY_NAME"
 ENV_MEMORY_NAMESPACE = "AMFS_MEMORY_NAMESPACE"
+# What a sidecar outside Kubernetes calls its memory's namespace.
+STANDALONE_MEMORY_NAMESPACE = "local"
 
 CONST_LABELS = ("memory", "memory_namespace")
 OBJECT_KINDS = ("entries", "versions", "outcomes")
+# The adapter's operations, created at start so error ratios read 0, not "No data".
+S3_OPERATIONS = ("GetObject", "PutObject", "ListObjectsV2", "HeadObject", "HeadBucket",
+                 "DeleteObject")
+S3_OUTCOMES = ("success", "error")
 
 # Poll lag is bounded below by the poll interval (default 5 s), so the buckets
 # reach well past it; request latency over a local socket is sub-millisecond.
@@ -29,10 +37,25 @@ REQUEST_BUCKETS = (
 )
 
 
+class _WithoutCreated:
+    """The registry minus ``*_created`` samples: no dashboard or alert reads them,
+    and they were one series in seven. Local to this registry, unlike
+    prometheus_client's process-wide ``disable_created_metrics()``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
+
 class SidecarMetrics:
     """The sidecar's metrics and the few verbs that update them."""
 
-    def __init__(self, memory: str = "", memory_namespace: str = "") -> None:
+    def __init__(self, memory: str = "default",
+                 memory_namespace: str = STANDALONE_MEMORY_NAMESPACE) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._const = (memory, memory_namespace)
         r = self.registry
@@ -46,9 +69,14 @@ class SidecarMetrics:
             "Duration of one journal poll, including the GETs of new journal records.",
             CONST_LABELS, buckets=POLL_DURATION_BUCKETS, registry=r,
         )
+        self.poll_interval = Gauge(
+            "amfs_sidecar_poll_interval_seconds",
+            "The configured journal poll interval (spec.sidecar.pollInterval).",
+            CONST_LABELS, registry=r,
+        )
         self.last_poll_success = Gauge(
             "amfs_sidecar_last_poll_success_timestamp_seconds",
-            "Unix time of the last successful journal poll.",
+            "Unix time of the last successful journal poll; absent until the first one.",
             CONST_LABELS, registry=r,
         )
         self.objects = Gauge(
@@ -58,18 +86,20 @@ class SidecarMetrics:
         )
         self.s3_requests = Counter(
             "amfs_sidecar_s3_requests",
-            "S3 requests made by the adapter, by operation and outcome.",
+            "S3 request attempts made by the adapter (retries included), by operation and "
+            "outcome (success, error, not_found, conflict).",
             (*CONST_LABELS, "operation", "outcome"), registry=r,
         )
         self.requests = Counter(
             "amfs_sidecar_requests",
-            "API requests served, by route template and status code.",
-            (*CONST_LABELS, "route", "code"), registry=r,
+            "API requests served, by route template, method and status code.",
+            (*CONST_LABELS, "route", "method", "code"), registry=r,
         )
         self.request_duration = Histogram(
             "amfs_sidecar_request_duration_seconds",
-            "API request latency by route template (for streams: time to the first byte).",
-            (*CONST_LABELS, "route"), buckets=REQUEST_BUCKETS, registry=r,
+            "API request latency by route template and method (for streams: time to the "
+            "first byte, never the stream's lifetime).",
+            (*CONST_LABELS, "route", "method"), buckets=REQUEST_BUCKETS, registry=r,
         )
         self.watchers = Gauge(
             "amfs_sidecar_watchers", "Open watch streams (SSE).", CONST_LABELS, registry=r
@@ -96,19 +126,32 @@ class SidecarMetrics:
             CONST_LABELS, registry=r,
         )
         # Series that must exist from the first scrape, so alerts see 0 not absence.
+        # The last-poll timestamp is left out on purpose: 0 would read as 56 years ago.
         self.pending_journal_records.labels(*self._const).set(0)
         self.future_records.labels(*self._const).inc(0)
         self.watchers.labels(*self._const).set(0)
-        self.last_poll_success.labels(*self._const).set(0)
         for kind in OBJECT_KINDS:
             self.objects.labels(*self._const, kind).set(0)
+        for operation in S3_OPERATIONS:
+            for outcome in S3_OUTCOMES:
+                self.s3_requests.labels(*self._const, operation, outcome)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SidecarMetrics:
+    def from_env(cls, env: Mapping[str, str] | None = None, *,
+                 default_memory: str = "default") -> SidecarMetrics:
+        """Labels from the injector's env; *default_memory* (the AMFS namespace) without it."""
         env = os.environ if env is None else env
-        return cls(env.get(ENV_MEMORY_NAME, ""), env.get(ENV_MEMORY_NAMESPACE, ""))
+        return cls(env.get(ENV_MEMORY_NAME) or default_memory,
+                   env.get(ENV_MEMORY_NAMESPACE) or STANDALONE_MEMORY_NAMESPACE)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(zip(CONST_LABELS, self._const, strict=True))
 
     # -- poller ------------------------------------------------------------
+
+    def set_poll_interval(self, seconds: float) -> None:
+        self.poll_interval.labels(*self._const).set(seconds)
 
     def observe_poll_lag(self, seconds: float) -> None:
         # A writer's clock ahead of ours gives a negative lag; count it as zero.
@@ -148,12 +191,12 @@ class SidecarMetrics:
     # -- S3 and API --------------------------------------------------------
 
     def count_s3_request(self, operation: str, outcome: str) -> None:
-        """The adapter's ``request_observer``."""
+        """The adapter's ``request_observer``: one call per attempt."""
         self.s3_requests.labels(*self._const, operation, outcome).inc()
 
-    def observe_request(self, route: str, code: int, seconds: float) -> None:
-        self.requests.labels(*self._const, route, str(code)).inc()
-        self.request_duration.labels(*self._const, route).observe(seconds)
+    def observe_request(self, method: str, route: str, code: int, seconds: float) -> None:
+        self.requests.labels(*self._const, route, method, str(code)).inc()
+        self.request_duration.labels(*self._const, route, method).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]

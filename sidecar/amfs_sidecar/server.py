@@ -137,7 +137,9 @@ class Sidecar:
 
     def __init__(self, config: SidecarConfig, metrics: SidecarMetrics | None = None) -> None:
         self.config = config
-        self.metrics = metrics or SidecarMetrics.from_env()
+        # Standalone (no injector env): the memory is known by its AMFS namespace.
+        self.metrics = metrics or SidecarMetrics.from_env(
+            default_memory=config.settings.namespace)
         self.draining = False
         self.api_url: str | None = None
         self.metrics_url: str | None = None
@@ -191,6 +193,7 @@ class Sidecar:
         )
         self.metrics.bind_objects(index.count)
         self.metrics.bind_watchers(lambda: len(hub))
+        self.metrics.set_poll_interval(adapter.settings.poll_interval)
         self.adapter, self.sync = adapter, sync
         return ApiContext(
             adapter=adapter, index=index, cache=cache, hub=hub, sync=sync,

@@ -161,22 +161,13 @@ async def serve_stream(
             on_prepared()
         logger.info("watch opened", extra=fields(entity_path=scope, resumed=bool(last_event_id),
                                                  replayed=len(missed)))
-        await response.write(b"retry: %d\n: connected\n\n" % RECONNECT_MS)
-        sent: set[str] = set()
-        for old in missed:
-            await response.write(old.encode())
-            sent.add(old.id)
-        while True:
-            try:
-                event = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat)
-            except TimeoutError:
-                await response.write(b": heartbeat\n\n")
-                continue
-            if event is None:
-                break
-            if event.id in sent or (last_event_id is not None and event.id <= last_event_id):
-                continue
-            await response.write(event.encode())
+        try:
+            await _send(response, sub, missed, last_event_id, heartbeat)
+        except ConnectionResetError:
+            # How every client leaves: it closes the connection and the next
+            # write (an event or a heartbeat) finds it closed. Not an error.
+            logger.debug("watch client disconnected", extra=fields(entity_path=scope))
+            return response
         if sub.overflowed:
             logger.warning("watch closed: client too slow; it resumes with Last-Event-ID",
                            extra=fields(entity_path=scope))
@@ -184,3 +175,24 @@ async def serve_stream(
     finally:
         hub.unsubscribe(sub)
         logger.info("watch closed", extra=fields(entity_path=scope))
+
+
+async def _send(response: web.StreamResponse, sub: Subscription, missed: list[Event],
+                last_event_id: str | None, heartbeat: float) -> None:
+    """Write the replay, then live events and heartbeats, until the hub closes *sub*."""
+    await response.write(b"retry: %d\n: connected\n\n" % RECONNECT_MS)
+    sent: set[str] = set()
+    for old in missed:
+        await response.write(old.encode())
+        sent.add(old.id)
+    while True:
+        try:
+            event = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat)
+        except TimeoutError:
+            await response.write(b": heartbeat\n\n")
+            continue
+        if event is None:
+            return
+        if event.id in sent or (last_event_id is not None and event.id <= last_event_id):
+            continue
+        await response.write(event.encode())

@@ -488,29 +488,44 @@ def test_monitoring_objects_are_off_by_default(default_docs: list[dict[str, Any]
 
 def test_prometheus_rule_has_every_alert_with_thresholds_from_values(render: Render) -> None:
     values = {"metrics": {"prometheusRule": {"enabled": True, "alerts": {
-        "pollStale": {"pollIntervalSeconds": 2.5, "intervals": 4, "for": "3m",
-                      "severity": "critical"},
+        "pollStale": {"intervals": 4, "minSeconds": 30, "for": "3m", "severity": "critical"},
         "pollLagHigh": {"thresholdSeconds": 12, "for": "5m", "severity": "warning"},
     }}}}
     rule = find(objects(render(values)), "PrometheusRule")
     alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
 
     assert set(alerts) == {
-        "AMFSOperatorAbsent", "AMFSMemoryNotReady", "AMFSSidecarPollLagHigh",
-        "AMFSSidecarPollStale", "AMFSSidecarS3ErrorRateHigh", "AMFSSidecarAPILatencyHigh",
+        "AMFSOperatorAbsent", "AMFSMemoryNotReady", "AMFSSidecarDown", "AMFSSidecarsAbsent",
+        "AMFSSidecarNeverSynced", "AMFSSidecarPollLagHigh", "AMFSSidecarPollStale",
+        "AMFSSidecarS3ErrorRateHigh", "AMFSSidecarAPILatencyHigh",
     }
     for alert in alerts.values():
         assert alert["labels"]["severity"] in {"warning", "critical"}
         assert alert["annotations"]["summary"] and alert["annotations"]["description"]
         assert re.fullmatch(r"[0-9]+[smh]", alert["for"])
-    assert alerts["AMFSSidecarPollStale"]["expr"].rstrip().endswith("> 10")
+    # Relative to each sidecar's own poll interval, with a floor.
+    assert alerts["AMFSSidecarPollStale"]["expr"].rstrip().endswith(
+        "> clamp_min(amfs_sidecar_poll_interval_seconds * 4, 30)")
     assert (alerts["AMFSSidecarPollStale"]["for"],
             alerts["AMFSSidecarPollStale"]["labels"]["severity"]) == ("3m", "critical")
     assert alerts["AMFSSidecarPollLagHigh"]["expr"].rstrip().endswith("> 12")
     assert alerts["AMFSMemoryNotReady"]["for"] == "10m"
     assert 'job="amfs-metrics"' in alerts["AMFSOperatorAbsent"]["expr"]
+    # The PodMonitor's job as Prometheus Operator names it: <namespace>/<name>.
+    assert alerts["AMFSSidecarDown"]["expr"] == 'up{job="amfs-system/amfs-sidecars"} == 0'
     # Prometheus' own templating survives Helm's.
     assert "{{ $labels.memory }}" in alerts["AMFSSidecarPollLagHigh"]["annotations"]["summary"]
+
+
+def test_the_sidecar_job_can_be_named_and_the_absent_alert_switched_off(render: Render) -> None:
+    values = {"metrics": {"prometheusRule": {
+        "enabled": True, "sidecarJob": "my-agents",
+        "alerts": {"sidecarsAbsent": {"enabled": False, "for": "30m", "severity": "warning"}},
+    }}}
+    rule = find(objects(render(values)), "PrometheusRule")
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert "AMFSSidecarsAbsent" not in alerts
+    assert alerts["AMFSSidecarDown"]["expr"] == 'up{job="my-agents"} == 0'
 
 
 # ---- dashboards and notes --------------------------------------------------------------------
@@ -554,12 +569,23 @@ def test_dashboards_show_what_the_issue_asks_for(default_docs: list[dict[str, An
     assert {"Poll lag p50 by memory", "Poll lag p99 by memory",
             "Time since last successful poll", "Objects by kind", "S3 requests by operation",
             "S3 error rate by operation", "API requests by route", "API latency p99 by route",
-            "API errors by route", "Active watchers"} <= panel_titles(sidecar)
+            "API errors by route", "Active watchers", "Sidecars down",
+            "Sidecars never synced"} <= panel_titles(sidecar)
+    variables = {d["uid"]: [v["name"] for v in d["templating"]["list"]]
+                 for d in (overview, sidecar)}
+    assert variables == {
+        "amfs-memory-overview": ["datasource", "cluster", "job"],
+        # Not "namespace": the memory's namespace is not the pod's (label namespace).
+        "amfs-sidecar": ["datasource", "cluster", "job", "memory_namespace", "memory"],
+    }
     for dashboard in (overview, sidecar):
         for panel in dashboard["panels"]:
             if panel["type"] != "row":
                 assert panel["targets"] and all(t["expr"] for t in panel["targets"])
                 assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+                assert panel["description"] and panel["fieldConfig"]["defaults"]["unit"]
+                for target in panel["targets"]:
+                    assert "$cluster" in target["expr"] and "$job" in target["expr"], target
         assert "datasource" in {v["name"] for v in dashboard["templating"]["list"]}
 
 

@@ -51,9 +51,9 @@ def queried_metrics(expr: str) -> set[str]:
     names = set()
     for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*(\s*\()?", expr):
         word, call = match.group(0).rstrip("( \t\n"), match.group(1)
-        if call:
+        if call and word not in PROMQL_KEYWORDS:
             assert word in PROMQL_FUNCTIONS, f"unknown PromQL function {word} in {expr}"
-        elif word not in PROMQL_KEYWORDS and not re.fullmatch(r"[0-9.eE]+", word):
+        elif not call and word not in PROMQL_KEYWORDS and not re.fullmatch(r"[0-9.eE]+", word):
             names.add(word)
     return names
 

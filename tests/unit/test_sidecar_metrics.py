@@ -16,6 +16,7 @@ DESIGN_METRICS = {
     "amfs_sidecar_request_duration_seconds": "histogram",
     "amfs_sidecar_watchers": "gauge",
     "amfs_sidecar_conditional_writes_supported": "gauge",
+    "amfs_sidecar_poll_interval_seconds": "gauge",
 }
 
 
@@ -36,8 +37,10 @@ def test_every_design_metric_exists_with_its_type_and_constant_labels() -> None:
     metrics.observe_poll_lag(1.0)
     metrics.observe_poll_duration(0.1)
     metrics.count_s3_request("PutObject", "success")
-    metrics.observe_request("/api/v1/entries", 201, 0.002)
+    metrics.observe_request("POST", "/api/v1/entries", 201, 0.002)
     metrics.set_conditional_writes(True)
+    metrics.set_poll_interval(5.0)
+    metrics.mark_poll_success(1.7e9)
     found = families(metrics)
     for name, kind in DESIGN_METRICS.items():
         assert name in found, name
@@ -50,7 +53,17 @@ def test_every_design_metric_exists_with_its_type_and_constant_labels() -> None:
 def test_constant_labels_come_from_the_injectors_env() -> None:
     metrics = SidecarMetrics.from_env({"AMFS_MEMORY_NAME": "m", "AMFS_MEMORY_NAMESPACE": "ns"})
     assert sample(metrics, "amfs_sidecar_watchers", memory="m", memory_namespace="ns") == 0
-    assert sample(SidecarMetrics.from_env({}), "amfs_sidecar_watchers", memory="") == 0
+
+
+
+def test_a_standalone_sidecar_is_named_by_its_amfs_namespace_and_local() -> None:
+    metrics = SidecarMetrics.from_env({}, default_memory="production")
+    assert sample(metrics, "amfs_sidecar_watchers", memory="production",
+                  memory_namespace="local") == 0
+    # Empty values (an injector without the fields) are no better than none.
+    metrics = SidecarMetrics.from_env({"AMFS_MEMORY_NAME": "", "AMFS_MEMORY_NAMESPACE": ""},
+                                      default_memory="default")
+    assert metrics.labels == {"memory": "default", "memory_namespace": "local"}
 
 
 def test_gauges_read_their_sources_at_scrape_time() -> None:
@@ -75,10 +88,40 @@ def test_negative_lag_from_clock_skew_counts_as_zero() -> None:
 
 def test_requests_are_counted_by_route_and_code() -> None:
     metrics = SidecarMetrics()
-    metrics.observe_request("/api/v1/stats", 200, 0.001)
-    metrics.observe_request("/api/v1/stats", 200, 0.001)
-    metrics.observe_request("/api/v1/stats", 503, 0.001)
-    assert sample(metrics, "amfs_sidecar_requests_total", route="/api/v1/stats", code="200") == 2
-    assert sample(metrics, "amfs_sidecar_requests_total", route="/api/v1/stats", code="503") == 1
-    assert sample(metrics, "amfs_sidecar_request_duration_seconds_count",
-                  route="/api/v1/stats") == 3
+    metrics.observe_request("GET", "/api/v1/outcomes", 200, 0.001)
+    metrics.observe_request("GET", "/api/v1/outcomes", 200, 0.001)
+    metrics.observe_request("POST", "/api/v1/outcomes", 503, 0.001)
+    route = "/api/v1/outcomes"
+    assert sample(metrics, "amfs_sidecar_requests_total", route=route, method="GET",
+                  code="200") == 2
+    assert sample(metrics, "amfs_sidecar_requests_total", route=route, method="POST",
+                  code="503") == 1
+    assert sample(metrics, "amfs_sidecar_requests_total", route=route, method="POST",
+                  code="200") is None
+    assert sample(metrics, "amfs_sidecar_request_duration_seconds_count", route=route,
+                  method="GET") == 2
+
+
+def test_no_created_series_are_exported() -> None:
+    metrics = SidecarMetrics()
+    metrics.observe_request("GET", "/api/v1/stats", 200, 0.001)
+    metrics.observe_poll_lag(1.0)
+    text = metrics.render().decode()
+    assert "_total{" in text and "_bucket{" in text
+    assert "_created" not in text
+
+
+def test_the_last_poll_timestamp_is_absent_until_the_first_success() -> None:
+    metrics = SidecarMetrics()
+    name = "amfs_sidecar_last_poll_success_timestamp_seconds"
+    assert sample(metrics, name) is None
+    metrics.mark_poll_success(1_700_000_000.0)
+    assert sample(metrics, name) == 1_700_000_000.0
+
+
+def test_s3_error_series_exist_at_zero_before_any_request() -> None:
+    metrics = SidecarMetrics()
+    for operation in ("GetObject", "PutObject", "ListObjectsV2", "HeadBucket"):
+        for outcome in ("success", "error"):
+            assert sample(metrics, "amfs_sidecar_s3_requests_total", operation=operation,
+                          outcome=outcome) == 0
