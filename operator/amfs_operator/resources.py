@@ -178,7 +178,10 @@ def sidecar_container(memory: Memory, image: str, mode: SidecarMode = "native") 
     clusters. Its startup probe passes once the sidecar's first sync is done (``/ready``).
     """
     args = ["sidecar", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--socket", SOCKET_PATH,
-            "--metrics-port", str(SIDECAR_METRICS_PORT)]
+            "--metrics-port", str(SIDECAR_METRICS_PORT),
+            # The socket's emptyDir is mode 0777 (kubelet's doing) but only this pod's
+            # containers can reach it, so the sidecar's shared-directory rule does not apply.
+            "--allow-insecure-socket-dir"]
     mounts = [
         {"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR},
         {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},

@@ -30,7 +30,20 @@ logger = logging.getLogger("amfs_sidecar")
 ENV_SOCKET = "AMFS_SOCKET"
 ENV_CREDENTIALS_DIR = "AMFS_CREDENTIALS_DIR"
 ENV_METRICS_PORT = "AMFS_METRICS_PORT"
+ENV_ALLOW_INSECURE_SOCKET_DIR = "AMFS_ALLOW_INSECURE_SOCKET_DIR"
 EMBEDDED_SOCKET = "./.run/amfs.sock"
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``--listen``'s type: argparse shows an ArgumentTypeError's text, and only that."""
+    try:
+        return parse_listen(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -46,7 +59,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--socket", type=Path, default=None,
                    help=f"Unix socket path (env AMFS_SOCKET, default {DEFAULT_SOCKET}; "
                         f"{EMBEDDED_SOCKET} with --embedded-s3)")
-    p.add_argument("--listen", type=parse_listen, default=None, metavar="HOST:PORT",
+    p.add_argument("--allow-insecure-socket-dir", action="store_true",
+                   default=_env_flag(env, ENV_ALLOW_INSECURE_SOCKET_DIR),
+                   help="accept a socket directory others may write (world-writable without "
+                        "the sticky bit) or one reached through an untrusted symlink; for a "
+                        "directory only trusted processes see, like a pod's emptyDir "
+                        "(env AMFS_ALLOW_INSECURE_SOCKET_DIR=true)")
+    p.add_argument("--listen", type=listen_address, default=None, metavar="HOST:PORT",
                    help="also serve the API on this loopback TCP address, e.g. 127.0.0.1:8741")
     p.add_argument("--metrics-port", type=int,
                    default=int(env.get(ENV_METRICS_PORT) or DEFAULT_METRICS_PORT),
@@ -133,6 +152,7 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         credentials_dir=args.credentials_dir,
         credentials_check_seconds=args.credentials_check_seconds,
         heartbeat_seconds=args.heartbeat_seconds,
+        allow_insecure_socket_dir=args.allow_insecure_socket_dir,
     )
 
 
