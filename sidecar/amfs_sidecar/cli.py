@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from amfs_s3 import config as amfs_config
 from amfs_s3.config import S3Settings
 from amfs_s3.exceptions import ConfigError
@@ -80,6 +82,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="journal poll interval (default: config, else 5)")
     p.add_argument("--resync-interval", type=float, default=None, metavar="SECONDS",
                    help="full resync interval (default: config, else 300)")
+    p.add_argument("--s3-connect-timeout", type=float, default=None, metavar="SECONDS",
+                   help="S3 connect timeout per attempt (env AMFS_S3_CONNECT_TIMEOUT, "
+                        f"default {amfs_config.DEFAULT_CONNECT_TIMEOUT:g})")
+    p.add_argument("--s3-read-timeout", type=float, default=None, metavar="SECONDS",
+                   help="S3 read timeout per attempt (env AMFS_S3_READ_TIMEOUT, "
+                        f"default {amfs_config.DEFAULT_READ_TIMEOUT:g})")
+    p.add_argument("--s3-max-attempts", type=int, default=None, metavar="N",
+                   help="S3 attempts per operation, the first included (env "
+                        f"AMFS_S3_MAX_ATTEMPTS, default {amfs_config.DEFAULT_MAX_ATTEMPTS})")
+    p.add_argument("--s3-operation-deadline", type=float, default=None, metavar="SECONDS",
+                   help="total time one S3 operation may take, retries included; a hung S3 "
+                        "turns /ready 503 within about --poll-interval plus this (env "
+                        "AMFS_S3_OPERATION_DEADLINE, default "
+                        f"{amfs_config.DEFAULT_OPERATION_DEADLINE:g}, at least connect + read "
+                        "timeout)")
     p.add_argument("--max-entry-bytes", type=int, default=1024 * 1024,
                    help="largest serialised entry accepted (413 above it)")
     p.add_argument("--cache-bytes", type=int, default=64 * 1024 * 1024,
@@ -128,10 +145,22 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> S3Setting
 
 
 def with_overrides(settings: S3Settings, args: argparse.Namespace) -> S3Settings:
-    """Flags win over the config file and env."""
+    """Flags win over the config file and env (validated again: the rules span fields)."""
     overrides = {k: v for k, v in (("poll_interval", args.poll_interval),
-                                   ("resync_interval", args.resync_interval)) if v is not None}
-    return settings.model_copy(update=overrides) if overrides else settings
+                                   ("resync_interval", args.resync_interval),
+                                   ("connect_timeout", args.s3_connect_timeout),
+                                   ("read_timeout", args.s3_read_timeout),
+                                   ("max_attempts", args.s3_max_attempts),
+                                   ("operation_deadline", args.s3_operation_deadline))
+                 if v is not None}
+    if not overrides:
+        return settings
+    try:
+        return S3Settings.model_validate({**dict(settings), **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'flags'}: {err['msg']}"
+                             for err in exc.errors())
+        raise ConfigError(f"invalid flags: {problems}") from None
 
 
 def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[str, str]
