@@ -26,6 +26,7 @@ from amfs_sidecar.server import (
     SidecarConfig,
     parse_listen,
 )
+from amfs_sidecar.stream import DEFAULT_QUEUE_BYTES, DEFAULT_WRITE_TIMEOUT_SECONDS
 
 logger = logging.getLogger("amfs_sidecar")
 
@@ -110,6 +111,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="idle watch streams get a comment line this often")
     p.add_argument("--credentials-check-seconds", type=float, default=5.0,
                    help="how often --credentials-dir is re-read")
+    p.add_argument("--stream-queue-bytes", type=int, default=DEFAULT_QUEUE_BYTES,
+                   metavar="BYTES",
+                   help="events one watch stream may have waiting (1,000 at most); a stream "
+                        "past it ends with 'event: reset' naming the last id sent, and its "
+                        f"client resumes with Last-Event-ID (default {DEFAULT_QUEUE_BYTES})")
+    p.add_argument("--stream-write-timeout", type=float,
+                   default=DEFAULT_WRITE_TIMEOUT_SECONDS, metavar="SECONDS",
+                   help="a watch client that reads nothing for this long is disconnected "
+                        f"(default {DEFAULT_WRITE_TIMEOUT_SECONDS:g})")
     return p
 
 
@@ -122,6 +132,8 @@ def _check_positive(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         ("--credentials-check-seconds", args.credentials_check_seconds,
          args.credentials_check_seconds > 0),
         ("--metrics-port", args.metrics_port, 0 <= args.metrics_port <= 65535),
+        ("--stream-queue-bytes", args.stream_queue_bytes, args.stream_queue_bytes > 0),
+        ("--stream-write-timeout", args.stream_write_timeout, args.stream_write_timeout > 0),
     ]
     for flag, value, ok in rules:
         if not ok:
@@ -182,6 +194,8 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         credentials_check_seconds=args.credentials_check_seconds,
         heartbeat_seconds=args.heartbeat_seconds,
         allow_insecure_socket_dir=args.allow_insecure_socket_dir,
+        stream_queue_bytes=args.stream_queue_bytes,
+        stream_write_timeout=args.stream_write_timeout,
     )
 
 

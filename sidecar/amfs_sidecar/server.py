@@ -38,7 +38,12 @@ from amfs_sidecar.index import EntryIndex, ValueCache
 from amfs_sidecar.logs import fields
 from amfs_sidecar.metrics import SidecarMetrics
 from amfs_sidecar.socketdir import check_socket_dir
-from amfs_sidecar.stream import DEFAULT_HEARTBEAT_SECONDS, StreamHub
+from amfs_sidecar.stream import (
+    DEFAULT_HEARTBEAT_SECONDS,
+    DEFAULT_QUEUE_BYTES,
+    DEFAULT_WRITE_TIMEOUT_SECONDS,
+    StreamHub,
+)
 from amfs_sidecar.sync import Synchronizer
 
 logger = logging.getLogger(__name__)
@@ -67,6 +72,8 @@ class SidecarConfig:
     writer_id: str | None = None
     adapter_options: dict[str, Any] = field(default_factory=dict)
     allow_insecure_socket_dir: bool = False
+    stream_queue_bytes: int = DEFAULT_QUEUE_BYTES
+    stream_write_timeout: float = DEFAULT_WRITE_TIMEOUT_SECONDS
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -185,7 +192,8 @@ class Sidecar:
         )
         index = EntryIndex()
         cache = ValueCache(cfg.cache_bytes)
-        hub = StreamHub()
+        hub = StreamHub(max_queue_bytes=cfg.stream_queue_bytes,
+                        write_timeout=cfg.stream_write_timeout)
         offload = self._offload()
         sync = Synchronizer(
             adapter, index, cache, hub, self.metrics, offload,
