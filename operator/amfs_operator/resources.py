@@ -191,7 +191,10 @@ def sidecar_container(
     the provenance of what it writes, from the pod's name.
     """
     args = ["sidecar", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--socket", SOCKET_PATH,
-            "--metrics-port", str(SIDECAR_METRICS_PORT)]
+            "--metrics-port", str(SIDECAR_METRICS_PORT),
+            # The socket's emptyDir is mode 0777 (kubelet's doing) but only this pod's
+            # containers can reach it, so the sidecar's shared-directory rule does not apply.
+            "--allow-insecure-socket-dir"]
     if http_port:
         args += ["--listen", f"{HTTP_HOST}:{http_port}"]
     mounts = [

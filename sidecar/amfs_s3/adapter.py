@@ -45,6 +45,7 @@ from pydantic import SecretStr, ValidationError
 from amfs_s3 import config as config_module
 from amfs_s3.clock import StorageClock
 from amfs_s3.config import S3Settings
+from amfs_s3.deadline import Deadline
 from amfs_s3.exceptions import AdapterError, InvalidNameError, S3AccessError
 from amfs_s3.journal import Change, JournalCursor
 from amfs_s3.layout import Layout, is_within, validate_entity_path, validate_key
@@ -101,9 +102,10 @@ class S3Adapter(AdapterABC):
         request_observer: RequestObserver | None = None,
         writer_id: str | None = None,
         retry_mode: str = "standard",
-        max_attempts: int = 5,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        max_attempts: int = config_module.DEFAULT_MAX_ATTEMPTS,
+        connect_timeout: float = config_module.DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = config_module.DEFAULT_READ_TIMEOUT,
+        operation_deadline: float | None = None,
     ) -> None:
         if not bucket:
             raise config_module.ConfigError(
@@ -122,6 +124,10 @@ class S3Adapter(AdapterABC):
                 ),
                 poll_interval=poll_interval,
                 resync_interval=resync_interval,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                max_attempts=max_attempts,
+                operation_deadline=operation_deadline,
             )
         except ValidationError as exc:
             problems = "; ".join(
@@ -146,6 +152,7 @@ class S3Adapter(AdapterABC):
             read_timeout=read_timeout,
             user_agent_extra="amfs-k8s",
         )
+        self._deadline = Deadline(self.settings.deadline_seconds, connect_timeout, read_timeout)
         self._client_lock = threading.Lock()
         self._client = self._make_client(
             self.settings.aws_access_key_id, self.settings.aws_secret_access_key
@@ -175,7 +182,9 @@ class S3Adapter(AdapterABC):
             aws_secret_access_key=secret.get_secret_value() if secret else None,
             poll_interval=settings.poll_interval,
             resync_interval=settings.resync_interval,
-            **kwargs,
+            **{"connect_timeout": settings.connect_timeout, "read_timeout": settings.read_timeout,
+               "max_attempts": settings.max_attempts,
+               "operation_deadline": settings.operation_deadline, **kwargs},
         )
 
     @classmethod
@@ -203,6 +212,7 @@ class S3Adapter(AdapterABC):
             config=self._botocore_config,
         )
         client.meta.events.register("after-call.s3", self._observe_storage_date)
+        self._deadline.install(client.meta.events)
         if self._observer is not None:
             # One event per attempt, retries included, whether an answer came or
             # the connection failed (after-call/after-call-error fire once per call,

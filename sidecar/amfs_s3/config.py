@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from amfs_s3.exceptions import ConfigError
 
@@ -24,6 +32,11 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_RESYNC_INTERVAL = 300.0
+# Per S3 operation: one attempt's bounds, how many attempts, and the total they may take.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_OPERATION_DEADLINE = 20.0
 
 ENV_BUCKET = "AMFS_S3_BUCKET"
 ENV_PREFIX = "AMFS_S3_PREFIX"
@@ -32,6 +45,10 @@ ENV_REGION = "AWS_DEFAULT_REGION"
 ENV_NAMESPACE = "AMFS_NAMESPACE"
 ENV_POLL_INTERVAL = "AMFS_POLL_INTERVAL"
 ENV_RESYNC_INTERVAL = "AMFS_RESYNC_INTERVAL"
+ENV_CONNECT_TIMEOUT = "AMFS_S3_CONNECT_TIMEOUT"
+ENV_READ_TIMEOUT = "AMFS_S3_READ_TIMEOUT"
+ENV_MAX_ATTEMPTS = "AMFS_S3_MAX_ATTEMPTS"
+ENV_OPERATION_DEADLINE = "AMFS_S3_OPERATION_DEADLINE"
 ENV_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 ENV_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_CONFIG_FILE = "AMFS_CONFIG"
@@ -57,6 +74,30 @@ class S3Settings(BaseModel):
     aws_secret_access_key: SecretStr | None = None
     poll_interval: float = Field(default=DEFAULT_POLL_INTERVAL, gt=0)
     resync_interval: float = Field(default=DEFAULT_RESYNC_INTERVAL, gt=0)
+    connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, gt=0)
+    read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, gt=0)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
+    # None: DEFAULT_OPERATION_DEADLINE, or one whole attempt if that is longer.
+    operation_deadline: float | None = Field(default=None, gt=0)
+
+    @property
+    def deadline_seconds(self) -> float:
+        """How long one S3 operation may take, retries included."""
+        if self.operation_deadline is not None:
+            return self.operation_deadline
+        return max(DEFAULT_OPERATION_DEADLINE, self.connect_timeout + self.read_timeout)
+
+    @model_validator(mode="after")
+    def _deadline_fits_an_attempt(self) -> S3Settings:
+        attempt = self.connect_timeout + self.read_timeout
+        if self.operation_deadline is not None and self.operation_deadline < attempt:
+            raise ValueError(
+                f"operation_deadline {self.operation_deadline:g} s is shorter than one attempt "
+                f"(connect_timeout {self.connect_timeout:g} + read_timeout "
+                f"{self.read_timeout:g} = {attempt:g} s); rule: operation_deadline >= "
+                "connect_timeout + read_timeout"
+            )
+        return self
 
     @field_validator("prefix")
     @classmethod
@@ -153,6 +194,10 @@ def from_env(env: Mapping[str, str] | None = None) -> S3Settings:
         "region_name": env.get(ENV_REGION) or DEFAULT_REGION,
         "poll_interval": env.get(ENV_POLL_INTERVAL),
         "resync_interval": env.get(ENV_RESYNC_INTERVAL),
+        "connect_timeout": env.get(ENV_CONNECT_TIMEOUT) or None,
+        "read_timeout": env.get(ENV_READ_TIMEOUT) or None,
+        "max_attempts": env.get(ENV_MAX_ATTEMPTS) or None,
+        "operation_deadline": env.get(ENV_OPERATION_DEADLINE) or None,
     }
     return _settings(values, "environment")
 

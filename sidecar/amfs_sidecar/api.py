@@ -44,6 +44,7 @@ from amfs_s3.layout import (
 )
 from amfs_sidecar import models
 from amfs_sidecar.exceptions import EntryTooLargeError
+from amfs_sidecar.guard import guard
 from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
 from amfs_sidecar.logs import fields
 from amfs_sidecar.metrics import SidecarMetrics
@@ -744,7 +745,7 @@ def add_probe_routes(app: web.Application) -> None:
 def build_app(ctx: ApiContext) -> web.Application:
     """The API application (served on the socket and the optional TCP listener)."""
     app = web.Application(
-        middlewares=[observe],
+        middlewares=[observe, guard],  # guard inside observe: refusals are counted too
         client_max_size=ctx.max_entry_bytes + BODY_OVERHEAD_BYTES,
     )
     app[CTX] = ctx

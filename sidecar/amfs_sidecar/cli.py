@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from amfs_s3 import config as amfs_config
 from amfs_s3.config import S3Settings
 from amfs_s3.exceptions import ConfigError
@@ -24,6 +26,7 @@ from amfs_sidecar.server import (
     SidecarConfig,
     parse_listen,
 )
+from amfs_sidecar.stream import DEFAULT_QUEUE_BYTES, DEFAULT_WRITE_TIMEOUT_SECONDS
 
 logger = logging.getLogger("amfs_sidecar")
 
@@ -31,7 +34,20 @@ ENV_SOCKET = "AMFS_SOCKET"
 ENV_CREDENTIALS_DIR = "AMFS_CREDENTIALS_DIR"
 ENV_METRICS_PORT = "AMFS_METRICS_PORT"
 ENV_AGENT_ID = "AMFS_AGENT_ID"
+ENV_ALLOW_INSECURE_SOCKET_DIR = "AMFS_ALLOW_INSECURE_SOCKET_DIR"
 EMBEDDED_SOCKET = "./.run/amfs.sock"
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``--listen``'s type: argparse shows an ArgumentTypeError's text, and only that."""
+    try:
+        return parse_listen(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -47,7 +63,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--socket", type=Path, default=None,
                    help=f"Unix socket path (env AMFS_SOCKET, default {DEFAULT_SOCKET}; "
                         f"{EMBEDDED_SOCKET} with --embedded-s3)")
-    p.add_argument("--listen", type=parse_listen, default=None, metavar="HOST:PORT",
+    p.add_argument("--allow-insecure-socket-dir", action="store_true",
+                   default=_env_flag(env, ENV_ALLOW_INSECURE_SOCKET_DIR),
+                   help="accept a socket directory others may write (world-writable without "
+                        "the sticky bit) or one reached through an untrusted symlink; for a "
+                        "directory only trusted processes see, like a pod's emptyDir "
+                        "(env AMFS_ALLOW_INSECURE_SOCKET_DIR=true)")
+    p.add_argument("--listen", type=listen_address, default=None, metavar="HOST:PORT",
                    help="also serve the API on this loopback TCP address, e.g. 127.0.0.1:8741")
     p.add_argument("--metrics-port", type=int,
                    default=int(env.get(ENV_METRICS_PORT) or DEFAULT_METRICS_PORT),
@@ -62,6 +84,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="journal poll interval (default: config, else 5)")
     p.add_argument("--resync-interval", type=float, default=None, metavar="SECONDS",
                    help="full resync interval (default: config, else 300)")
+    p.add_argument("--s3-connect-timeout", type=float, default=None, metavar="SECONDS",
+                   help="S3 connect timeout per attempt (env AMFS_S3_CONNECT_TIMEOUT, "
+                        f"default {amfs_config.DEFAULT_CONNECT_TIMEOUT:g})")
+    p.add_argument("--s3-read-timeout", type=float, default=None, metavar="SECONDS",
+                   help="S3 read timeout per attempt (env AMFS_S3_READ_TIMEOUT, "
+                        f"default {amfs_config.DEFAULT_READ_TIMEOUT:g})")
+    p.add_argument("--s3-max-attempts", type=int, default=None, metavar="N",
+                   help="S3 attempts per operation, the first included (env "
+                        f"AMFS_S3_MAX_ATTEMPTS, default {amfs_config.DEFAULT_MAX_ATTEMPTS})")
+    p.add_argument("--s3-operation-deadline", type=float, default=None, metavar="SECONDS",
+                   help="total time one S3 operation may take, retries included; a hung S3 "
+                        "turns /ready 503 within about --poll-interval plus this (env "
+                        "AMFS_S3_OPERATION_DEADLINE, default "
+                        f"{amfs_config.DEFAULT_OPERATION_DEADLINE:g}, at least connect + read "
+                        "timeout)")
     p.add_argument("--max-entry-bytes", type=int, default=1024 * 1024,
                    help="largest serialised entry accepted (413 above it)")
     p.add_argument("--cache-bytes", type=int, default=64 * 1024 * 1024,
@@ -78,6 +115,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="idle watch streams get a comment line this often")
     p.add_argument("--credentials-check-seconds", type=float, default=5.0,
                    help="how often --credentials-dir is re-read")
+    p.add_argument("--stream-queue-bytes", type=int, default=DEFAULT_QUEUE_BYTES,
+                   metavar="BYTES",
+                   help="events one watch stream may have waiting (1,000 at most); a stream "
+                        "past it ends with 'event: reset' naming the last id sent, and its "
+                        f"client resumes with Last-Event-ID (default {DEFAULT_QUEUE_BYTES})")
+    p.add_argument("--stream-write-timeout", type=float,
+                   default=DEFAULT_WRITE_TIMEOUT_SECONDS, metavar="SECONDS",
+                   help="a watch client that reads nothing for this long is disconnected "
+                        f"(default {DEFAULT_WRITE_TIMEOUT_SECONDS:g})")
     return p
 
 
@@ -90,6 +136,8 @@ def _check_positive(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         ("--credentials-check-seconds", args.credentials_check_seconds,
          args.credentials_check_seconds > 0),
         ("--metrics-port", args.metrics_port, 0 <= args.metrics_port <= 65535),
+        ("--stream-queue-bytes", args.stream_queue_bytes, args.stream_queue_bytes > 0),
+        ("--stream-write-timeout", args.stream_write_timeout, args.stream_write_timeout > 0),
     ]
     for flag, value, ok in rules:
         if not ok:
@@ -113,10 +161,22 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> S3Setting
 
 
 def with_overrides(settings: S3Settings, args: argparse.Namespace) -> S3Settings:
-    """Flags win over the config file and env."""
+    """Flags win over the config file and env (validated again: the rules span fields)."""
     overrides = {k: v for k, v in (("poll_interval", args.poll_interval),
-                                   ("resync_interval", args.resync_interval)) if v is not None}
-    return settings.model_copy(update=overrides) if overrides else settings
+                                   ("resync_interval", args.resync_interval),
+                                   ("connect_timeout", args.s3_connect_timeout),
+                                   ("read_timeout", args.s3_read_timeout),
+                                   ("max_attempts", args.s3_max_attempts),
+                                   ("operation_deadline", args.s3_operation_deadline))
+                 if v is not None}
+    if not overrides:
+        return settings
+    try:
+        return S3Settings.model_validate({**dict(settings), **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'flags'}: {err['msg']}"
+                             for err in exc.errors())
+        raise ConfigError(f"invalid flags: {problems}") from None
 
 
 def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[str, str]
@@ -138,6 +198,9 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         credentials_check_seconds=args.credentials_check_seconds,
         heartbeat_seconds=args.heartbeat_seconds,
         agent_id=args.agent_id,
+        allow_insecure_socket_dir=args.allow_insecure_socket_dir,
+        stream_queue_bytes=args.stream_queue_bytes,
+        stream_write_timeout=args.stream_write_timeout,
     )
 
 

@@ -12,6 +12,7 @@ from amfs_s3.exceptions import ConfigError
 
 __all__ = [
     "EntryTooLargeError",
+    "InsecureSocketDirError",
     "SidecarReadOnlyError",
     "SidecarRequestError",
     "SidecarUnavailableError",
@@ -33,6 +34,10 @@ class EntryTooLargeError(AMFSError, ValueError):
 
 class SocketInUseError(ConfigError):
     """Another live process serves the socket path, or the path is not a socket."""
+
+
+class InsecureSocketDirError(ConfigError):
+    """The socket's directory (or a symlink on the way to it) lets others replace the socket."""
 
 
 class SidecarUnavailableError(AdapterError):

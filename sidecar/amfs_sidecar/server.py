@@ -37,7 +37,13 @@ from amfs_sidecar.exceptions import SocketInUseError
 from amfs_sidecar.index import EntryIndex, ValueCache
 from amfs_sidecar.logs import fields
 from amfs_sidecar.metrics import SidecarMetrics
-from amfs_sidecar.stream import DEFAULT_HEARTBEAT_SECONDS, StreamHub
+from amfs_sidecar.socketdir import check_socket_dir
+from amfs_sidecar.stream import (
+    DEFAULT_HEARTBEAT_SECONDS,
+    DEFAULT_QUEUE_BYTES,
+    DEFAULT_WRITE_TIMEOUT_SECONDS,
+    StreamHub,
+)
 from amfs_sidecar.sync import Synchronizer
 
 logger = logging.getLogger(__name__)
@@ -66,6 +72,9 @@ class SidecarConfig:
     writer_id: str | None = None
     agent_id: str | None = None  # who writes when a request names no one; None: the hostname
     adapter_options: dict[str, Any] = field(default_factory=dict)
+    allow_insecure_socket_dir: bool = False
+    stream_queue_bytes: int = DEFAULT_QUEUE_BYTES
+    stream_write_timeout: float = DEFAULT_WRITE_TIMEOUT_SECONDS
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -100,15 +109,18 @@ def _socket_is_live(path: Path) -> bool:
         probe.close()
 
 
-def bind_unix_socket(path: Path, mode: int = SOCKET_MODE) -> socket.socket:
+def bind_unix_socket(path: Path, mode: int = SOCKET_MODE, *,
+                     allow_insecure_dir: bool = False) -> socket.socket:
     """A listening-ready socket at *path* with *mode*, replacing a stale socket file.
 
     The socket is bound under a temporary name, given its mode, then renamed over
     *path*, so no client ever sees it with looser permissions and a stale file is
     replaced atomically. A path served by a live process, or a path that is not a
-    socket, is never touched.
+    socket, is never touched. A directory others could tamper with is refused
+    (:mod:`amfs_sidecar.socketdir`) unless *allow_insecure_dir*.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_socket_dir(path.parent, allow_insecure=allow_insecure_dir)
     if path.is_symlink() or path.exists():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise SocketInUseError(f"{path} exists and is not a socket; refusing to replace it")
@@ -183,7 +195,8 @@ class Sidecar:
         )
         index = EntryIndex()
         cache = ValueCache(cfg.cache_bytes)
-        hub = StreamHub()
+        hub = StreamHub(max_queue_bytes=cfg.stream_queue_bytes,
+                        write_timeout=cfg.stream_write_timeout)
         offload = self._offload()
         sync = Synchronizer(
             adapter, index, cache, hub, self.metrics, offload,
@@ -225,7 +238,8 @@ class Sidecar:
     async def start(self) -> None:
         cfg = self.config
         # Refuse early, before any S3 client exists, if the socket is someone else's.
-        sock = bind_unix_socket(cfg.socket_path)
+        sock = bind_unix_socket(cfg.socket_path,
+                                allow_insecure_dir=cfg.allow_insecure_socket_dir)
         try:
             self._socket_inode = os.stat(cfg.socket_path).st_ino
             ctx = self.ctx = self._build()

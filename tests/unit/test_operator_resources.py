@@ -95,6 +95,7 @@ def test_sidecar_container(mode: str) -> None:
     assert container["args"][:5] == ["sidecar", "--config", "/etc/amfs/config/amfs.yaml",
                                       "--socket", "/var/run/amfs/amfs.sock"]
     assert "--read-only" in container["args"]
+    assert "--allow-insecure-socket-dir" in container["args"]  # emptyDir is 0777
     assert container["args"][container["args"].index("--credentials-dir") + 1] == \
         "/etc/amfs/credentials"
     assert container["ports"] == [{"name": "amfs-metrics", "containerPort": 9464}]

@@ -95,3 +95,25 @@ def test_agent_id_from_flag_env_or_none() -> None:
     assert config_for([], {**ENV, "AMFS_AGENT_ID": "pod-abc"}).agent_id == "pod-abc"
     assert config_for(["--agent-id", "flag"], {**ENV, "AMFS_AGENT_ID": "pod-abc"}
                       ).agent_id == "flag"
+
+
+@pytest.mark.parametrize(("value", "explanation"), [
+    ("0.0.0.0:8741", "is not a loopback address; the API has no authentication"),
+    ("127.0.0.1", "must be HOST:PORT, e.g. 127.0.0.1:8741"),
+])
+def test_a_refused_listen_value_keeps_its_explanation(
+        value: str, explanation: str, capsys: pytest.CaptureFixture[str],
+        restore_logging: None) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--listen", value], ENV)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --listen: --listen" in err and explanation in err
+    assert "invalid" not in err  # argparse's own "invalid parse_listen value" is gone
+
+
+def test_insecure_socket_dir_is_allowed_by_flag_or_env() -> None:
+    assert not config_for([], ENV).allow_insecure_socket_dir
+    assert config_for(["--allow-insecure-socket-dir"], ENV).allow_insecure_socket_dir
+    assert config_for([], {**ENV, "AMFS_ALLOW_INSECURE_SOCKET_DIR": "true"}
+                      ).allow_insecure_socket_dir

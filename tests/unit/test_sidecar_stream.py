@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from amfs_sidecar.stream import Event, StreamHub
+import json
+
+from amfs_sidecar.stream import Event, StreamHub, reset_event
 
 
 def test_event_encoding_is_sse() -> None:
@@ -53,3 +55,29 @@ async def test_close_all_ends_every_stream_and_later_ones_at_once() -> None:
     assert sub.queue.get_nowait() is None
     late = hub.subscribe("*")
     assert late.queue.get_nowait() is None
+
+
+async def test_a_stream_is_bounded_in_bytes_and_drops_its_queue_when_it_overflows() -> None:
+    hub = StreamHub(max_queue_events=1000, max_queue_bytes=1000)
+    slow = hub.subscribe("*")
+    fast = hub.subscribe("*")
+    for i in range(4):
+        hub.publish(Event(f"id-{i}", "write", b"x" * 300, ("a",)))
+        taken = fast.queue.get_nowait()
+        assert taken is not None
+        fast.taken(taken)
+        if i == 2:
+            assert not slow.overflowed and slow.queued_bytes > 900
+    # The fourth event took it past 1000 bytes.
+    assert slow.overflowed and slow.queued_bytes == 0
+    assert slow.queue.get_nowait() is None and slow.queue.empty()  # memory released at once
+    assert not fast.overflowed  # a stream that keeps up is not affected
+
+
+def test_reset_event_names_where_to_resume_and_keeps_the_clients_last_id() -> None:
+    raw = reset_event("amfs/default/journal/1-w-000007.json", "overflow")
+    assert raw.startswith(b"event: reset\ndata: ") and raw.endswith(b"\n\n")
+    assert b"\nid:" not in raw and not raw.startswith(b"id:")
+    data = json.loads(raw.split(b"data: ", 1)[1])
+    assert data["last_event_id"] == "amfs/default/journal/1-w-000007.json"
+    assert data["reason"] == "overflow" and "Last-Event-ID" in data["detail"]
