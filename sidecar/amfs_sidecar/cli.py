@@ -18,6 +18,8 @@ from amfs_s3 import config as amfs_config
 from amfs_s3.config import S3Settings
 from amfs_s3.exceptions import ConfigError
 from amfs_sidecar import logs
+from amfs_sidecar.connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT
+from amfs_sidecar.fdbudget import DEFAULT_MAX_CONNECTIONS
 from amfs_sidecar.logs import fields
 from amfs_sidecar.server import (
     DEFAULT_METRICS_PORT,
@@ -124,6 +126,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    default=DEFAULT_WRITE_TIMEOUT_SECONDS, metavar="SECONDS",
                    help="a watch client that reads nothing for this long is disconnected "
                         f"(default {DEFAULT_WRITE_TIMEOUT_SECONDS:g})")
+    p.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT,
+                   metavar="SECONDS",
+                   help="a connection must send a whole request head within this long of "
+                        "connecting (or of the head's first byte, on a kept-alive "
+                        f"connection); else 408 and closed (default {DEFAULT_HEADER_TIMEOUT:g})")
+    p.add_argument("--keepalive-timeout", type=float, default=DEFAULT_KEEPALIVE_TIMEOUT,
+                   metavar="SECONDS",
+                   help="an idle keep-alive connection is closed after this long "
+                        f"(default {DEFAULT_KEEPALIVE_TIMEOUT:g})")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="open API connections (socket and --listen together); more are "
+                        "answered 503 and closed. Lowered to fit RLIMIT_NOFILE with room for "
+                        f"S3 and the metrics port (default {DEFAULT_MAX_CONNECTIONS}, so lowered)")
     return p
 
 
@@ -138,6 +153,10 @@ def _check_positive(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         ("--metrics-port", args.metrics_port, 0 <= args.metrics_port <= 65535),
         ("--stream-queue-bytes", args.stream_queue_bytes, args.stream_queue_bytes > 0),
         ("--stream-write-timeout", args.stream_write_timeout, args.stream_write_timeout > 0),
+        ("--header-timeout", args.header_timeout, args.header_timeout > 0),
+        ("--keepalive-timeout", args.keepalive_timeout, args.keepalive_timeout > 0),
+        ("--max-connections", args.max_connections,
+         args.max_connections is None or args.max_connections > 0),
     ]
     for flag, value, ok in rules:
         if not ok:
@@ -201,6 +220,9 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         allow_insecure_socket_dir=args.allow_insecure_socket_dir,
         stream_queue_bytes=args.stream_queue_bytes,
         stream_write_timeout=args.stream_write_timeout,
+        header_timeout=args.header_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        max_connections=args.max_connections,
     )
 
 

@@ -27,6 +27,7 @@ OBJECT_KINDS = ("entries", "versions", "outcomes")
 S3_OPERATIONS = ("GetObject", "PutObject", "ListObjectsV2", "HeadObject", "HeadBucket",
                  "DeleteObject")
 S3_OUTCOMES = ("success", "error")
+CONNECTION_CLOSE_REASONS = ("refused", "header_timeout")
 
 # Poll lag is bounded below by the poll interval (default 5 s), so the buckets
 # reach well past it; request latency over a local socket is sub-millisecond.
@@ -125,6 +126,17 @@ class SidecarMetrics:
             "This sidecar's journal records that S3 refused, waiting to be written again.",
             CONST_LABELS, registry=r,
         )
+        self.connections = Gauge(
+            "amfs_sidecar_connections",
+            "Open client connections, by listener (api: the socket and --listen; metrics).",
+            (*CONST_LABELS, "listener"), registry=r,
+        )
+        self.connections_closed = Counter(
+            "amfs_sidecar_connections_closed",
+            "Client connections the sidecar closed on its own, by listener and reason "
+            "(refused: over --max-connections; header_timeout: no request head in time).",
+            (*CONST_LABELS, "listener", "reason"), registry=r,
+        )
         # Series that must exist from the first scrape, so alerts see 0 not absence.
         # The last-poll timestamp is left out on purpose: 0 would read as 56 years ago.
         self.pending_journal_records.labels(*self._const).set(0)
@@ -197,6 +209,14 @@ class SidecarMetrics:
     def observe_request(self, method: str, route: str, code: int, seconds: float) -> None:
         self.requests.labels(*self._const, route, method, str(code)).inc()
         self.request_duration.labels(*self._const, route, method).observe(seconds)
+
+    def bind_connections(self, listener: str, count: Callable[[], int]) -> None:
+        self.connections.labels(*self._const, listener).set_function(lambda: float(count()))
+        for reason in CONNECTION_CLOSE_REASONS:
+            self.connections_closed.labels(*self._const, listener, reason)
+
+    def count_connection_closed(self, listener: str, reason: str) -> None:
+        self.connections_closed.labels(*self._const, listener, reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]

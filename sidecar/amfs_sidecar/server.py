@@ -30,10 +30,21 @@ from amfs_s3.adapter import S3Adapter
 from amfs_s3.config import S3Settings, read_credentials_dir
 from amfs_s3.exceptions import ConfigError
 from amfs_s3.journal import DEFAULT_LOOKBACK_MS
-from amfs_sidecar import __version__
+from amfs_sidecar import __version__, lograte
 from amfs_sidecar.api import CTX, ApiContext, add_probe_routes, build_app, default_agent_id
+from amfs_sidecar.connections import (
+    API_BACKLOG,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    METRICS_BACKLOG,
+    METRICS_MAX_CONNECTIONS,
+    REFUSAL_LINGER_SLOTS,
+    ConnectionGuard,
+    GuardedAppRunner,
+)
 from amfs_sidecar.credentials import DEFAULT_CHECK_SECONDS, CredentialsWatcher
 from amfs_sidecar.exceptions import SocketInUseError
+from amfs_sidecar.fdbudget import connection_budget, descriptor_reserve, nofile_soft_limit
 from amfs_sidecar.index import EntryIndex, ValueCache
 from amfs_sidecar.logs import fields
 from amfs_sidecar.metrics import SidecarMetrics
@@ -75,6 +86,9 @@ class SidecarConfig:
     allow_insecure_socket_dir: bool = False
     stream_queue_bytes: int = DEFAULT_QUEUE_BYTES
     stream_write_timeout: float = DEFAULT_WRITE_TIMEOUT_SECONDS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    max_connections: int | None = None  # None: the default, lowered to fit RLIMIT_NOFILE
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -227,8 +241,35 @@ class Sidecar:
         add_probe_routes(app)
         return app
 
-    async def _start_runner(self, app: web.Application) -> web.AppRunner:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.drain_seconds)
+    def api_connection_limit(self) -> int:
+        """--max-connections, lowered so S3, logs and the metrics port keep descriptors."""
+        cfg = self.config
+        listeners = 2 if cfg.listen is not None else 1
+        reserve = descriptor_reserve(
+            s3_connections=max(cfg.workers * 2, 10),  # the adapter's max_pool_connections
+            accept_burst=listeners * API_BACKLOG + METRICS_BACKLOG,
+            other_connections=METRICS_MAX_CONNECTIONS,
+            lingering_refusals=2 * REFUSAL_LINGER_SLOTS,
+        )
+        soft = nofile_soft_limit()
+        limit = connection_budget(cfg.max_connections, soft, reserve)
+        if cfg.max_connections is not None and limit < cfg.max_connections:
+            logger.warning("max connections lowered to fit the descriptor limit", extra=fields(
+                max_connections=cfg.max_connections, limit=limit, rlimit_nofile=soft,
+                reserved=reserve))
+        return limit
+
+    def _guard(self, listener: str, limit: int) -> ConnectionGuard:
+        guard = ConnectionGuard(listener, limit=limit, header_timeout=self.config.header_timeout,
+                                observer=self.metrics.count_connection_closed)
+        self.metrics.bind_connections(listener, lambda: guard.active)
+        return guard
+
+    async def _start_runner(self, app: web.Application, guard: ConnectionGuard
+                            ) -> web.AppRunner:
+        runner = GuardedAppRunner(app, guard, access_log=None,
+                                  shutdown_timeout=self.config.drain_seconds,
+                                  keepalive_timeout=self.config.keepalive_timeout)
         await runner.setup()
         self._runners.append(runner)
         return runner
@@ -240,18 +281,24 @@ class Sidecar:
         # Refuse early, before any S3 client exists, if the socket is someone else's.
         sock = bind_unix_socket(cfg.socket_path,
                                 allow_insecure_dir=cfg.allow_insecure_socket_dir)
+        lograte.install()
+        max_connections = self.api_connection_limit()
         try:
             self._socket_inode = os.stat(cfg.socket_path).st_ino
             ctx = self.ctx = self._build()
-            api_runner = await self._start_runner(build_app(ctx))
-            await web.SockSite(api_runner, sock).start()
+            api_runner = await self._start_runner(build_app(ctx),
+                                                  self._guard("api", max_connections))
+            await web.SockSite(api_runner, sock, backlog=API_BACKLOG).start()
             if cfg.listen is not None:
-                site = web.TCPSite(api_runner, cfg.listen[0], cfg.listen[1])
+                site = web.TCPSite(api_runner, cfg.listen[0], cfg.listen[1],
+                                   backlog=API_BACKLOG)
                 await site.start()
                 self.api_url = _site_url(site)
             if cfg.metrics_port is not None:
-                metrics_runner = await self._start_runner(self._metrics_app(ctx))
-                site = web.TCPSite(metrics_runner, cfg.metrics_host, cfg.metrics_port)
+                metrics_runner = await self._start_runner(
+                    self._metrics_app(ctx), self._guard("metrics", METRICS_MAX_CONNECTIONS))
+                site = web.TCPSite(metrics_runner, cfg.metrics_host, cfg.metrics_port,
+                                   backlog=METRICS_BACKLOG)
                 await site.start()
                 self.metrics_url = _site_url(site)
         except BaseException:
@@ -270,6 +317,8 @@ class Sidecar:
             socket=str(cfg.socket_path), tcp=self.api_url, metrics=self.metrics_url,
             bucket=ctx.adapter.settings.bucket, prefix=ctx.adapter.settings.prefix,
             namespace=ctx.adapter.settings.namespace, read_only=cfg.read_only,
+            max_connections=max_connections, header_timeout=cfg.header_timeout,
+            keepalive_timeout=cfg.keepalive_timeout,
         ))
 
     async def _apply_credentials(self, key_id: str | None, secret: str | None) -> None:
@@ -299,6 +348,7 @@ class Sidecar:
             )
         if self.adapter is not None:
             self.adapter.close()
+        lograte.install().flush(logger)
         logger.info("stopped")
 
     async def _close_listeners(self) -> None:
