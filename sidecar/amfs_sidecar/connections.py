@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -38,10 +40,18 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_KEEPALIVE_TIMEOUT = 30.0
 # Prometheus and the kubelet's probes need a handful; agents never use this port.
 METRICS_MAX_CONNECTIONS = 16
-# asyncio accepts up to a listener's backlog at once before any can be refused:
-# a small backlog keeps that burst of descriptors small.
-API_BACKLOG = 32
-METRICS_BACKLOG = 16
+# asyncio accepts up to a listener's backlog per loop iteration, and a refused
+# connection's descriptor is closed three iterations after its accept (task,
+# connection_made, connection_lost): under a flood about ACCEPT_BATCHES_IN_FLIGHT
+# batches per listener are open at once beyond the limit, so the batch is small.
+# asyncio passes the same number to listen(), and a short kernel queue drops
+# connections in a burst (each retried a second later: 3,000 connects took 60 s
+# instead of 2), so the kernel's queue is widened again once the site has started
+# (:func:`widen_listen_queue`).
+API_BACKLOG = 8
+METRICS_BACKLOG = 8
+ACCEPT_BATCHES_IN_FLIGHT = 4
+LISTEN_QUEUE = 1024  # the kernel caps it at net.core.somaxconn
 # A refused client whose request is already in our receive buffer would get a
 # reset instead of the 503 if we closed at once; a few refusals wait for it.
 REFUSAL_LINGER_SECONDS = 1.0
@@ -203,6 +213,18 @@ class GuardedServer(Server):
 
     def __call__(self) -> RequestHandler:
         return GuardedRequestHandler(self, self.guard, loop=self._loop, **self._kwargs)
+
+
+def widen_listen_queue(site: web.BaseSite, length: int = LISTEN_QUEUE) -> None:
+    """Let the kernel queue *length* connections on *site*'s sockets, whatever asyncio's batch.
+
+    listen() on a listening socket only changes its queue length; a duplicate
+    descriptor reaches the socket without touching asyncio's own object.
+    """
+    server = site._server  # aiohttp exposes a site's sockets only through its server
+    for listening in getattr(server, "sockets", None) or ():
+        with socket.socket(fileno=os.dup(listening.fileno())) as duplicate:
+            duplicate.listen(length)
 
 
 class GuardedAppRunner(web.AppRunner):

@@ -33,6 +33,7 @@ from amfs_s3.journal import DEFAULT_LOOKBACK_MS
 from amfs_sidecar import __version__, lograte
 from amfs_sidecar.api import CTX, ApiContext, add_probe_routes, build_app, default_agent_id
 from amfs_sidecar.connections import (
+    ACCEPT_BATCHES_IN_FLIGHT,
     API_BACKLOG,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT,
@@ -41,6 +42,7 @@ from amfs_sidecar.connections import (
     REFUSAL_LINGER_SLOTS,
     ConnectionGuard,
     GuardedAppRunner,
+    widen_listen_queue,
 )
 from amfs_sidecar.credentials import DEFAULT_CHECK_SECONDS, CredentialsWatcher
 from amfs_sidecar.exceptions import SocketInUseError
@@ -247,7 +249,7 @@ class Sidecar:
         listeners = 2 if cfg.listen is not None else 1
         reserve = descriptor_reserve(
             s3_connections=max(cfg.workers * 2, 10),  # the adapter's max_pool_connections
-            accept_burst=listeners * API_BACKLOG + METRICS_BACKLOG,
+            accept_burst=ACCEPT_BATCHES_IN_FLIGHT * (listeners * API_BACKLOG + METRICS_BACKLOG),
             other_connections=METRICS_MAX_CONNECTIONS,
             lingering_refusals=2 * REFUSAL_LINGER_SLOTS,
         )
@@ -288,11 +290,14 @@ class Sidecar:
             ctx = self.ctx = self._build()
             api_runner = await self._start_runner(build_app(ctx),
                                                   self._guard("api", max_connections))
-            await web.SockSite(api_runner, sock, backlog=API_BACKLOG).start()
+            unix_site = web.SockSite(api_runner, sock, backlog=API_BACKLOG)
+            await unix_site.start()
+            widen_listen_queue(unix_site)
             if cfg.listen is not None:
                 site = web.TCPSite(api_runner, cfg.listen[0], cfg.listen[1],
                                    backlog=API_BACKLOG)
                 await site.start()
+                widen_listen_queue(site)
                 self.api_url = _site_url(site)
             if cfg.metrics_port is not None:
                 metrics_runner = await self._start_runner(
@@ -300,6 +305,7 @@ class Sidecar:
                 site = web.TCPSite(metrics_runner, cfg.metrics_host, cfg.metrics_port,
                                    backlog=METRICS_BACKLOG)
                 await site.start()
+                widen_listen_queue(site)
                 self.metrics_url = _site_url(site)
         except BaseException:
             sock.close()
