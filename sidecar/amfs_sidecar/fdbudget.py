@@ -41,6 +41,7 @@ def descriptor_reserve(*, s3_connections: int, accept_burst: int, other_connecti
 
 
 def connection_budget(configured: int | None, soft_limit: int, reserve: int) -> int:
-    """``min(configured, soft_limit - reserve)``, never below :data:`MIN_CONNECTIONS`."""
+    """``min(configured, soft_limit - reserve)``; the descriptor limit never lowers it
+    below :data:`MIN_CONNECTIONS` (a configured value may be lower)."""
     wanted = DEFAULT_MAX_CONNECTIONS if configured is None else configured
-    return max(MIN_CONNECTIONS, min(wanted, soft_limit - reserve))
+    return min(wanted, max(MIN_CONNECTIONS, soft_limit - reserve))

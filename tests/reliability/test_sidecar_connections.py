@@ -183,6 +183,32 @@ def test_a_stream_outlives_both_deadlines(guarded: RunningSidecar) -> None:
     assert received.startswith(b"HTTP/1.1 200 ")
 
 
+def test_past_the_limit_a_503_and_a_slot_freed_is_a_slot_reused(
+        sidecar_factory: SidecarFactory) -> None:
+    running = sidecar_factory(max_connections=2, listen=("127.0.0.1", 0))
+    assert running.sidecar.api_url is not None
+    first, second = unix(running.socket_path), tcp(tcp_address(running.sidecar.api_url))
+    try:
+        for sock in (first, second):  # the limit counts both listeners together
+            sock.sendall(GET_READY)
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        with unix(running.socket_path) as third:
+            third.sendall(GET_READY)
+            reply = read_to_eof(third)
+        assert reply.startswith(b"HTTP/1.1 503 ") and b'"too_many_connections"' in reply
+        first.close()
+        wait_until(lambda: running.metric("amfs_sidecar_connections", listener="api") == 1,
+                   message="the closed connection's slot released")
+        with unix(running.socket_path) as fourth:
+            fourth.sendall(GET_READY)
+            assert read_response(fourth).startswith(b"HTTP/1.1 200 ")
+    finally:
+        first.close()
+        second.close()
+    assert running.metric("amfs_sidecar_connections_closed_total", listener="api",
+                          reason="refused") == 1
+
+
 # -- real processes: 3,000 half-open, and a 256-descriptor limit -----------------
 
 

@@ -30,6 +30,8 @@ def test_the_reserve_adds_every_other_use_of_descriptors() -> None:
     (100, 1024, 200, 100),                             # configured below the budget
     (5000, 1024, 200, 824),                            # configured above the budget: lowered
     (None, 100, 176, MIN_CONNECTIONS),                 # hopelessly low: a few still connect
+    (2, 100, 176, 2),                                  # ... unless configured lower still
+    (2, 1_048_576, 200, 2),
 ])
 def test_budget_is_the_configured_limit_lowered_to_fit(
         configured: int | None, soft: int, reserve: int, expected: int) -> None:
