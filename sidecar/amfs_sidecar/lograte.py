@@ -31,13 +31,17 @@ class _Window:
 
 
 def kind(record: logging.LogRecord) -> tuple[str, str]:
-    """Records of one kind: same logger, same message template (its first line).
+    """Records of one kind: same logger, same message template (its first line), same
+    exception type.
 
     asyncio formats the context (the socket's repr) into the message below the
     first line, and aiohttp passes the client address as an argument, so neither
-    splits one kind into many.
+    splits one kind into many; two different bugs behind aiohttp's one message
+    ("Error handling request") stay two kinds.
     """
-    return record.name, str(record.msg).split("\n", 1)[0]
+    exc = record.exc_info[1] if record.exc_info else None
+    message = str(record.msg).split("\n", 1)[0]
+    return record.name, message if exc is None else f"{message} ({type(exc).__name__})"
 
 
 def _is_client_error(exc: BaseException | None) -> bool:

@@ -30,7 +30,7 @@ import pytest
 
 from amfs_s3 import S3Adapter
 from amfs_s3.config import S3Settings
-from amfs_sidecar.connections import DEFAULT_HEADER_TIMEOUT
+from amfs_sidecar.connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT
 from tests.fixtures.sidecar import (
     RunningSidecar,
     SidecarFactory,
@@ -322,6 +322,20 @@ def test_slowloris_with_the_default_deadline(
     print(f"\nslowloris (defaults): closed after {time.monotonic() - started:.2f} s, "
           f"{sent} bytes")
     assert reply.startswith(b"HTTP/1.1 408 ")
+
+
+@pytest.mark.slow
+def test_idle_keep_alive_with_the_default_timeout(
+        s3_settings: S3Settings, socket_dir: Path,
+        sidecar_processes: list[SidecarProcess]) -> None:
+    running = spawn(s3_settings, socket_dir / "idle.sock")
+    sidecar_processes.append(running)
+    with unix(running.socket_path) as sock:
+        sock.sendall(GET_READY)
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        assert read_to_eof(sock, timeout=DEFAULT_KEEPALIVE_TIMEOUT + SLACK_SECONDS) == b""
+    print(f"\nidle keep-alive (defaults): closed after {time.monotonic() - started:.2f} s")
 
 
 def test_at_256_descriptors_the_sidecar_refuses_cleanly_and_keeps_polling(

@@ -62,7 +62,7 @@ def test_one_record_per_kind_per_interval_then_a_count(captured) -> None:  # typ
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2
     assert limiter.pending() == {
-        ("test.lograte", "socket.accept() out of system resource"): 499,
+        ("test.lograte", "socket.accept() out of system resource (OSError)"): 499,
         ("test.lograte", "Error handling request from %s"): 1,
     }
     clock.now += 60.0
@@ -121,3 +121,11 @@ def test_flush_reports_what_no_later_record_carried(captured) -> None:  # type: 
         report.removeHandler(handler)
     assert [r.suppressed for r in seen] == [2]  # type: ignore[attr-defined]
     assert limiter.pending() == {}
+
+
+def test_different_exceptions_behind_one_message_are_different_kinds() -> None:
+    a = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling %s",
+                          ("x",), exc_info(ZeroDivisionError("boom")))
+    b = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling %s",
+                          ("y",), exc_info(KeyError("k")))
+    assert kind(a) != kind(b)
