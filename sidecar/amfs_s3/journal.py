@@ -84,6 +84,9 @@ class JournalCursor:
     seen: dict[str, int] = field(default_factory=dict)
     resume_key: str | None = None
     clock: Callable[[], int] = wall_clock_ms
+    # The time of the first record the last poll listed but could not read: a
+    # stream's resume point must not pass it (amfs_sidecar.replay).
+    held_back_ms: int | None = None
 
     @classmethod
     def starting_now(
@@ -158,6 +161,12 @@ class JournalCursor:
         """Whether *journal_key* claims a time well ahead of the storage's clock."""
         name = self.layout.parse_journal_key(journal_key)
         return name is not None and name.ms > self.clock() + FUTURE_TOLERANCE_MS
+
+    def hold_back(self, journal_key: str) -> None:
+        """*journal_key* was listed but not read: it comes again at the next poll."""
+        name = self.layout.parse_journal_key(journal_key)
+        if name is not None and self.held_back_ms is None:
+            self.held_back_ms = name.ms
 
     def mark_seen(self, journal_key: str) -> None:
         """Record a change this process made itself, so polling never echoes it."""

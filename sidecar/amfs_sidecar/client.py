@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -318,6 +319,11 @@ class SidecarAdapter(AdapterABC):
         self._drop_connection()
 
 
+# A resume may repeat events the watch had (the same entity, key and version):
+# the names delivered lately are remembered, so a callback sees each once.
+_REMEMBER_DELIVERED = 10_000
+
+
 class _Watch(threading.Thread):
     """One SSE stream, reconnecting with Last-Event-ID until cancelled."""
 
@@ -328,6 +334,7 @@ class _Watch(threading.Thread):
         self.scope = scope
         self.callback = callback
         self.last_event_id: str | None = None
+        self._delivered: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._cancelled = threading.Event()
         self._conn: http.client.HTTPConnection | None = None
         self._response: http.client.HTTPResponse | None = None
@@ -402,10 +409,22 @@ class _Watch(threading.Thread):
     def _dispatch(self, event: str, data: str, event_id: str | None) -> None:
         if event_id:
             self.last_event_id = event_id
+        if event == "reset":
+            # A position the sidecar could not resume: changes may have been
+            # missed, and a watch callback has no way to re-read. Say so.
+            logger.warning("watch stream reset by the sidecar: %s", data)
+            return
         if event != "write" or self._cancelled.is_set():
             return
         try:
-            self.callback(MemoryEntry.model_validate_json(data))
+            entry = MemoryEntry.model_validate_json(data)
+            name = (entry.entity_path, entry.key, entry.version)
+            if name in self._delivered:
+                return
+            self._delivered[name] = None
+            if len(self._delivered) > _REMEMBER_DELIVERED:
+                self._delivered.popitem(last=False)
+            self.callback(entry)
         except Exception:
             logger.exception("watch callback failed")
 
