@@ -12,8 +12,9 @@ after one batch.
 - An id from the future, older than the journal is kept, or not an id at all:
   ``event: reset`` with ``reread``, and the stream goes on live from now.
 
-A replay holds one LIST page of keys and one batch of records and entries at a
-time (``REPLAY_BATCH``), so its memory does not grow with the backlog.
+A replay holds one LIST page of keys (the first one small, so the first event
+does not wait for a full page) and one batch of records and entries at a time
+(``REPLAY_BATCH``), so its memory does not grow with the backlog.
 """
 
 from __future__ import annotations
@@ -140,9 +141,12 @@ class StreamReplay:
         async for event in self._events(pending, scope):
             yield dataclasses.replace(event, id=str(journal_position(position)))
         start_after: str | None = layout.journal_start_after(since.ms)
+        # The first page is small so the first event does not wait for a full
+        # LIST; pages then double up to the full size, to keep the LISTs few.
+        size = min(2 * self.batch, self.page)
         while start_after is not None:
-            keys, start_after = await self.offload(self.reader.journal_page, start_after,
-                                                   self.page)
+            keys, start_after = await self.offload(self.reader.journal_page, start_after, size)
+            size = min(2 * size, self.page)
             for start in range(0, len(keys), self.batch):
                 step = keys[start:start + self.batch]
                 changes = await self._gather(
