@@ -102,16 +102,21 @@ class StreamReplay:
                                           "journal is kept")
         resumption = Resumption()
         # Live events can repeat only records at or after where the poller stood
-        # at the subscription: only those are remembered.
+        # at the subscription: only those are remembered. An old-style id is the
+        # key of the record the client had: that one at least is not sent again.
+        had = last_event_id if position.journal_only and "/" in last_event_id else None
+        if had is not None:
+            resumption.overlap.add(had)  # nor live, by a poller that has not seen it yet
         resumption.missed = self._from_journal(position, scope, resumption.overlap,
-                                               remember_from=self.hub.position())
+                                               remember_from=self.hub.position(), had=had)
         return resumption
 
     def _reset(self, reason: str, why: str) -> Resumption:
         detail = (f"{why}: re-read the entries you watch (GET them); this stream continues "
                   "with every change from now on")
-        return Resumption(reset=reset_event(self.hub.head_id(), reason, reread=True,
-                                            detail=detail))
+        now = self.hub.head_id()
+        return Resumption(reset=reset_event(now, reason, reread=True, detail=detail),
+                          reset_id=now)
 
     # -- the buffer --------------------------------------------------------------
 
@@ -133,7 +138,8 @@ class StreamReplay:
     # -- the journal -------------------------------------------------------------
 
     async def _from_journal(self, since: EventId, scope: str, overlap: set[str],
-                            remember_from: int) -> AsyncIterator[Event]:
+                            remember_from: int, had: str | None = None
+                            ) -> AsyncIterator[Event]:
         layout = self.reader.layout
         position = since.ms
         # This sidecar's own records that S3 has not taken yet are in no listing.
@@ -148,7 +154,7 @@ class StreamReplay:
             keys, start_after = await self.offload(self.reader.journal_page, start_after, size)
             size = min(2 * size, self.page)
             for start in range(0, len(keys), self.batch):
-                step = keys[start:start + self.batch]
+                step = [key for key in keys[start:start + self.batch] if key != had]
                 changes = await self._gather(
                     self.offload(self.reader.journal_change, key) for key in step)
                 async for event in self._events([c for c in changes if c is not None], scope):

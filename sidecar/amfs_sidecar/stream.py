@@ -271,6 +271,7 @@ class Resumption:
 
     missed: AsyncIterator[Event] | None = None
     reset: bytes | None = None
+    reset_id: str | None = None  # the resume point the reset gives the client
     overlap: set[str] = field(default_factory=set)
 
 
@@ -334,7 +335,7 @@ async def serve_stream(
             await _write(response, b"retry: %d\n: connected\n\n" % RECONNECT_MS, timeout)
             if plan.reset is not None:
                 await _write(response, plan.reset, timeout)
-                last_sent = hub.head_id()
+                last_sent = plan.reset_id
             if plan.missed is not None:
                 async for old in plan.missed:
                     await _write(response, old.encode(), timeout)

@@ -321,10 +321,16 @@ class Synchronizer:
         replay = StreamReplay(
             self.hub, self.adapter, self.replay_fetch, self.offload,
             now_ms=self.adapter.clock.now_ms,
-            floor_ms=lambda: self.adapter.clock.now_ms() - self.replay_window_ms,
+            floor_ms=self.journal_floor_ms,
             lookback_ms=self.lookback_ms,
         )
         return await replay.plan(last_event_id, scope, head)
+
+    def journal_floor_ms(self) -> int:
+        """Journal records older than this may be gone: a resume from before it is a
+        reset. The lifecycle rule's window; whatever else deletes journal records
+        (a trim behind an index snapshot) must raise it to where it deleted."""
+        return self.adapter.clock.now_ms() - self.replay_window_ms
 
     async def replay_fetch(self, change: Change) -> Event | None:
         """:meth:`event_for`, skipping an object that is broken for good."""
