@@ -93,14 +93,14 @@ class StreamReplay:
             buffered = self.hub.since(position.seq)
             if buffered is not None:
                 return Resumption(missed=self._from_buffer(buffered[: head - position.seq],
-                                                           scope))
+                                                           scope), how="buffer")
         if position.ms > self.now_ms() + FUTURE_TOLERANCE_MS:
             return self._reset("future", f"Last-Event-ID {last_event_id!r} names a time ahead "
                                          "of the storage's clock")
         if position.ms < self.floor_ms():
             return self._reset("expired", f"Last-Event-ID {last_event_id!r} is older than the "
                                           "journal is kept")
-        resumption = Resumption()
+        resumption = Resumption(how="journal")
         # Live events can repeat only records at or after where the poller stood
         # at the subscription: only those are remembered. An old-style id is the
         # key of the record the client had: that one at least is not sent again.
@@ -116,7 +116,7 @@ class StreamReplay:
                   "with every change from now on")
         now = self.hub.head_id()
         return Resumption(reset=reset_event(now, reason, reread=True, detail=detail),
-                          reset_id=now)
+                          reset_id=now, how=f"reset_{reason}")
 
     # -- the buffer --------------------------------------------------------------
 

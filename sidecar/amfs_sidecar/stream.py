@@ -272,6 +272,7 @@ class Resumption:
     missed: AsyncIterator[Event] | None = None
     reset: bytes | None = None
     reset_id: str | None = None  # the resume point the reset gives the client
+    how: str = "live"  # buffer, journal, reset_<reason>: for the metric
     overlap: set[str] = field(default_factory=set)
 
 

@@ -324,7 +324,10 @@ class Synchronizer:
             floor_ms=self.journal_floor_ms,
             lookback_ms=self.lookback_ms,
         )
-        return await replay.plan(last_event_id, scope, head)
+        plan = await replay.plan(last_event_id, scope, head)
+        if last_event_id is not None:
+            self.metrics.count_stream_resume(plan.how)
+        return plan
 
     def journal_floor_ms(self) -> int:
         """Journal records older than this may be gone: a resume from before it is a

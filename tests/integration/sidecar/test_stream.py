@@ -120,6 +120,8 @@ async def test_an_id_that_cannot_be_resumed_gets_a_reset_and_the_stream_goes_on(
         ahead = f"{head[0]}-{int(head[1]) + 5:012d}-{head[2]}"
         async with open_stream(s, last_event_id=ahead) as events:
             assert (await events.next()).data["reason"] == "future"
+    for how, count in [("reset_invalid", 1), ("reset_future", 2), ("reset_expired", 1)]:
+        assert sidecar.metric("amfs_sidecar_stream_resumes_total", how=how) == count, how
 
 
 async def test_bad_stream_requests_are_400(sidecar: RunningSidecar) -> None:

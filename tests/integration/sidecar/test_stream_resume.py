@@ -92,6 +92,8 @@ async def test_a_resumed_stream_receives_every_write_after_its_id_from_any_sidec
             assert set(after) <= set(names)
             assert set(names) - set(after) <= before, who
             assert all(e.data == json_of(got, name(e)) for e in got)  # a duplicate is the same
+    assert a.metric("amfs_sidecar_stream_resumes_total", how="buffer") == 1
+    assert b.metric("amfs_sidecar_stream_resumes_total", how="journal") == 1
 
 
 def json_of(events: list[SSE], wanted: Name) -> Any:
