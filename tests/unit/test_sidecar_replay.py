@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from amfs_s3.journal import Change
+from amfs_s3.clock import StorageClock
+from amfs_s3.journal import Change, JournalCursor
 from amfs_s3.layout import Layout
 from amfs_sidecar.event_ids import EventId, journal_position, parse_event_id
+from amfs_sidecar.index import EntryIndex, ValueCache
+from amfs_sidecar.metrics import SidecarMetrics
 from amfs_sidecar.replay import StreamReplay
 from amfs_sidecar.stream import Event, StreamHub
-from amfs_sidecar.sync import unfetched_event, write_event
+from amfs_sidecar.sync import Synchronizer, unfetched_event, write_event
 
 LAYOUT = Layout()
 NOW = 10_000_000
@@ -118,3 +121,40 @@ async def test_ids_that_cannot_be_resumed_get_a_reread_reset() -> None:
         assert plan.missed is None and plan.reset is not None
         assert b'"reason": "%s"' % reason.encode() in plan.reset
         assert plan.reset.startswith(b"id: %s\n" % hub.head_id().encode())
+
+
+# -- the resume point the poller gives the ids ---------------------------------------
+
+
+class _Adapter:
+    """What the synchronizer reads of an adapter before it polls."""
+
+    layout = LAYOUT
+    pending_journal_records = 0
+
+    def __init__(self) -> None:
+        self.clock = StorageClock(local=lambda: NOW / 1000)
+
+
+def test_the_resume_point_stops_before_any_record_a_poll_left_unread() -> None:
+    hub = StreamHub()
+    sync = Synchronizer(_Adapter(), EntryIndex(), ValueCache(1 << 20), hub,  # type: ignore[arg-type]
+                        SidecarMetrics(), offload, poll_interval=1.0, resync_interval=60.0,
+                        lookback_ms=LOOKBACK)
+    assert hub.position() == 0  # before the first sync nothing is promised
+    sync.cursor = JournalCursor.starting_now(LAYOUT, NOW, lookback_ms=LOOKBACK)
+    sync._advance_safe_point(NOW, [])
+    assert hub.position() == NOW - LOOKBACK  # what the listing covered
+    # A record listed but not readable holds the point before it, and so does one
+    # read but not yet published: both come at the next poll, after ids were issued.
+    sync.cursor.hold_back(LAYOUT.journal_key(NOW - 5_000, "w", 1))
+    sync._advance_safe_point(NOW, [])
+    assert hub.position() == NOW - 5_000
+    sync.cursor.held_back_ms = None
+    unpublished = Change(LAYOUT.journal_key(NOW - 3_000, "w", 2), "write", NOW - 3_000, "w",
+                         entity_path="svc", key="k", version=1)
+    sync._advance_safe_point(NOW, [unpublished])
+    assert hub.position() == NOW - 3_000
+    published = hub.publish(unfetched_event(unpublished))
+    assert published is not None and parse_event_id(published.id, LAYOUT, LOOKBACK) == EventId(
+        hub.epoch, 1, NOW - 3_000)
