@@ -1,7 +1,7 @@
 """A stream resumed from far back: time and S3 requests to its first event, and the
 memory the replay holds, for a backlog of journaled writes.
 
-    .venv/bin/python -m bench.stream_replay [--writes 1000]
+    .venv/bin/python -m bench.stream_replay [--writes 1000 3000]
 
 The writes go straight to S3 (a version object and a journal record each, as
 another pod would write them); a sidecar that never saw them resumes a stream
@@ -85,14 +85,22 @@ async def resume(socket_path: Path, last_event_id: str, count: int,
 
 def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--writes", type=int, default=1000)
+    parser.add_argument("--writes", type=int, nargs="+", default=[1000, 3000])
     args = parser.parse_args()
+    # A backlog three times larger must not cost a larger first step or more memory.
+    figures = {str(count): measure(count) for count in args.writes}
+    write_result("stream_replay", figures, COMMAND)
+    print(json.dumps(figures, indent=2))
+    return figures
+
+
+def measure(writes: int) -> dict[str, Any]:
     socket_dir = Path(tempfile.mkdtemp(prefix="amfs-bench-", dir="/tmp"))
     with moto_process() as endpoint:
         bucket = new_bucket(endpoint)
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         start_ms = int(time.time() * 1000)
-        write_backlog(client, bucket, args.writes, start_ms)
+        write_backlog(client, bucket, writes, start_ms)
         settings = S3Settings(bucket=bucket, endpoint_url=endpoint, region_name="us-east-1",
                               poll_interval=1.0, resync_interval=3600.0)
         # A short look-back: the sidecar's own poller leaves the backlog to the replay.
@@ -105,14 +113,11 @@ def main() -> dict[str, Any]:
             tracemalloc.start()
             figures = asyncio.run(resume(running.socket_path,
                                          str(journal_position(start_ms - 1000)),
-                                         args.writes, counter))
+                                         writes, counter))
             tracemalloc.stop()
         finally:
             running.stop()
             shutil.rmtree(socket_dir, ignore_errors=True)
-    figures = {"writes": args.writes, **figures}
-    write_result("stream_replay", figures, COMMAND)
-    print(json.dumps(figures, indent=2))
     return figures
 
 

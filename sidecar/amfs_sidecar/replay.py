@@ -84,7 +84,8 @@ class StreamReplay:
             return Resumption()
         position = parse_event_id(last_event_id, self.reader.layout, self.lookback_ms)
         if position is None:
-            return self._reset("invalid", f"Last-Event-ID {last_event_id!r} is not an event id "
+            shown = last_event_id if len(last_event_id) <= 80 else last_event_id[:80] + "..."
+            return self._reset("invalid", f"Last-Event-ID {shown!r} is not an event id "
                                           "of this memory")
         if position.epoch == self.hub.epoch:
             if position.seq > head:

@@ -291,18 +291,22 @@ class Synchronizer:
 
     # -- events ----------------------------------------------------------------
 
-    async def event_for(self, change: Change) -> Event | None:
+    async def event_for(self, change: Change, *, cache: bool = True) -> Event | None:
         """The stream event of *change*, fetching the entry or outcome it names."""
         if change.kind == "write":
             assert change.entity_path and change.key and change.version
-            body = await self.entry_body(change.entity_path, change.key, change.version)
+            body = await self.entry_body(change.entity_path, change.key, change.version,
+                                         cache=cache)
             return None if body is None else write_event(change, body)
         assert change.outcome_ref
         record = await self.offload(self.adapter.get_outcome, change.outcome_ref)
         return None if record is None else outcome_event(change, record)
 
-    async def entry_body(self, entity_path: str, key: str, version: int) -> bytes | None:
-        """JSON of exactly *version*: from the cache, else one GET (cached if current)."""
+    async def entry_body(self, entity_path: str, key: str, version: int, *,
+                         cache: bool = True) -> bytes | None:
+        """JSON of exactly *version*: from the cache, else one GET (cached if current
+        and *cache*: a replay's reads are not, so a day's backlog cannot evict the
+        entries agents read)."""
         cached = self.cache.get(entity_path, key, version)
         if cached is not None:
             return cached.body
@@ -312,7 +316,7 @@ class Synchronizer:
         if entry is None:
             return None
         body = encode_entry(entry)
-        if version >= self.index.current(entity_path, key):
+        if cache and version >= self.index.current(entity_path, key):
             self.cache.put(entry, body)
         return body
 
@@ -338,7 +342,7 @@ class Synchronizer:
     async def replay_fetch(self, change: Change) -> Event | None:
         """:meth:`event_for`, skipping an object that is broken for good."""
         try:
-            return await self.event_for(change)
+            return await self.event_for(change, cache=False)
         except Exception as exc:
             if _unreadable_for_good(exc):
                 logger.warning("change not streamed: its object is unreadable",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 from typing import Any
 
@@ -32,11 +33,14 @@ class Journal:
                 key=f"k{n}", version=1)
             for n in range(count)
         }
+        self.sorted_keys = sorted(self.changes)
         self.reads = 0  # journal records and entries fetched
 
     def journal_page(self, start_after: str, limit: int) -> tuple[list[str], str | None]:
-        keys = sorted(k for k in self.changes if k > start_after)
-        return keys[:limit], (keys[limit - 1] if len(keys) > limit else None)
+        keys = self.sorted_keys
+        first = bisect.bisect_right(keys, start_after)
+        page = keys[first:first + limit]
+        return page, (page[-1] if first + limit < len(keys) else None)
 
     def journal_change(self, journal_key: str) -> Change | None:
         self.reads += 1
