@@ -146,10 +146,12 @@ class SidecarAdapter(AdapterABC):
         if conn is not None:
             conn.close()
 
-    def request(self, method: str, path: str, body: Any = None) -> _Response:
+    def request(self, method: str, path: str, body: Any = None,
+                extra_headers: dict[str, str] | None = None) -> _Response:
         """One request; a reused keep-alive connection that went stale is retried once."""
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers.update(extra_headers or {})
         for attempt in (1, 2):
             conn, reused = self._connection()
             try:
@@ -175,9 +177,9 @@ class SidecarAdapter(AdapterABC):
             return _Response(response.status, data)
         raise AssertionError("unreachable")
 
-    def _call(self, method: str, path: str, body: Any = None, *, none_on_404: bool = False
-              ) -> Any:
-        response = self.request(method, path, body)
+    def _call(self, method: str, path: str, body: Any = None, *, none_on_404: bool = False,
+              headers: dict[str, str] | None = None) -> Any:
+        response = self.request(method, path, body, headers)
         if response.status < 300:
             return response.json()
         if response.status == 404 and none_on_404:
@@ -229,9 +231,12 @@ class SidecarAdapter(AdapterABC):
         return _entry_or_none(self._call("GET", _entry_url(
             "/api/v1/entries", "/api/v1/entry", entity_path, key, {"version": version})))
 
-    def write(self, entry: MemoryEntry) -> MemoryEntry:
-        """Store *entry* as the adapter would: version > 1 is the version to create."""
-        data = self._call("POST", "/api/v1/entries", {"entry": entry.model_dump(mode="json")})
+    def write(self, entry: MemoryEntry, *, idempotency_key: str | None = None) -> MemoryEntry:
+        """Store *entry* as the adapter would: version > 1 is the version to create.
+        With *idempotency_key*, a retry returns the first write's version."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        data = self._call("POST", "/api/v1/entries", {"entry": entry.model_dump(mode="json")},
+                          headers=headers)
         return MemoryEntry.model_validate(data)
 
     def _pages(self, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:

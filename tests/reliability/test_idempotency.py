@@ -90,13 +90,15 @@ async def test_a_malformed_idempotency_key_is_a_400_naming_the_header(
     assert stored_versions(s3_client, s3_settings.bucket, "idem", "bad") == []
 
 
+def entry(value: int, entity: str = "lib") -> MemoryEntry:
+    # A new object each time, as a retrying caller would build it.
+    return MemoryEntry(entity_path=entity, key="k", value=value,
+                       provenance=Provenance(agent_id="a", session_id="s",
+                                             written_at=datetime.now(UTC)))
+
+
 def test_the_adapter_takes_the_same_key_as_an_argument(s3_settings: S3Settings,
                                                       s3_client: Any) -> None:
-    def entry(value: int) -> MemoryEntry:
-        # A new object each time, as a retrying caller would build it.
-        return MemoryEntry(entity_path="lib", key="k", value=value,
-                           provenance=Provenance(agent_id="a", session_id="s",
-                                                 written_at=datetime.now(UTC)))
 
     with S3Adapter.from_settings(s3_settings) as first, \
             S3Adapter.from_settings(s3_settings) as second:
@@ -105,3 +107,12 @@ def test_the_adapter_takes_the_same_key_as_an_argument(s3_settings: S3Settings,
         assert second.write(entry(1), idempotency_key="job-7") == written
         assert second.write(entry(1), idempotency_key="job-8").version == 2
     assert stored_versions(s3_client, s3_settings.bucket, "lib", "k") == [1, 2]
+
+
+def test_the_sidecar_client_sends_the_key(sidecar_factory: SidecarFactory, s3_client: Any,
+                                         s3_settings: S3Settings) -> None:
+    client = sidecar_factory().client()
+    written = client.write(entry(1, "via-client"), idempotency_key="run-1")
+    assert client.write(entry(1, "via-client"), idempotency_key="run-1") == written
+    assert client.write(entry(1, "via-client")).version == 2
+    assert stored_versions(s3_client, s3_settings.bucket, "via-client", "k") == [1, 2]
