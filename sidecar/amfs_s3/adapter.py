@@ -836,7 +836,6 @@ class S3Adapter(AdapterABC):
         poll lists it again instead of losing it.
         """
         keys: builtins.list[str] = []
-        cursor.held_back_ms = None
         for page in self._list(self.layout.journal_root, start_after=cursor.start_after()):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         changes: builtins.list[Change] = []
@@ -848,7 +847,6 @@ class S3Adapter(AdapterABC):
             except S3AccessError as exc:
                 logger.warning("journal record %s not readable yet (%s); retrying next poll",
                                journal_key, exc)
-                cursor.hold_back(journal_key)
                 break
             except AdapterError as exc:
                 # Not JSON: no retry can fix it, and waiting would stall every poller.

@@ -210,7 +210,7 @@ class Synchronizer:
         observed_at = self.adapter.clock.now()
         self.metrics.observe_poll_duration(time.perf_counter() - started)
         handled = await self.apply(changes)
-        self._advance_safe_point(listed_at_ms, changes[len(handled):])
+        self._advance_safe_point(listed_at_ms)
         for change in handled:
             self.metrics.observe_poll_lag(max(observed_at - change.written_at_ms / 1000.0, 0.0))
         future = self.adapter.future_records
@@ -272,16 +272,15 @@ class Synchronizer:
             handled.append(change)
         return handled
 
-    def _advance_safe_point(self, listed_at_ms: int, unhandled: list[Change]) -> None:
+    def _advance_safe_point(self, listed_at_ms: int) -> None:
         """After a poll that listed at *listed_at_ms*: a record older than that minus
         the look-back that was not listed will never be (the journal's premise), and
-        every listed one before the first *unhandled* has been published."""
+        every listed one before the first the cursor has not confirmed (unreadable,
+        unhandled, or beyond one poll's batch) has been published."""
         safe = listed_at_ms - self.lookback_ms
-        if self.cursor is not None and self.cursor.held_back_ms is not None:
-            safe = min(safe, self.cursor.held_back_ms)
-        if unhandled:
-            name = self.adapter.layout.parse_journal_key(unhandled[0].journal_key)
-            safe = min(safe, name.ms if name is not None else self.stream_safe_ms)
+        first = self.cursor.first_unconfirmed_ms() if self.cursor is not None else None
+        if first is not None:
+            safe = min(safe, first)
         self.stream_safe_ms = safe
 
     def note_local(self, change: Change) -> None:

@@ -146,19 +146,24 @@ def test_the_resume_point_stops_before_any_record_a_poll_left_unread() -> None:
                         SidecarMetrics(), offload, poll_interval=1.0, resync_interval=60.0,
                         lookback_ms=LOOKBACK)
     assert hub.position() == 0  # before the first sync nothing is promised
-    sync.cursor = JournalCursor.starting_now(LAYOUT, NOW, lookback_ms=LOOKBACK)
-    sync._advance_safe_point(NOW, [])
+    cursor = sync.cursor = JournalCursor.starting_now(LAYOUT, NOW, lookback_ms=LOOKBACK)
+    sync._advance_safe_point(NOW)
     assert hub.position() == NOW - LOOKBACK  # what the listing covered
-    # A record listed but not readable holds the point before it, and so does one
-    # read but not yet published: both come at the next poll, after ids were issued.
-    sync.cursor.hold_back(LAYOUT.journal_key(NOW - 5_000, "w", 1))
-    sync._advance_safe_point(NOW, [])
-    assert hub.position() == NOW - 5_000
-    sync.cursor.held_back_ms = None
-    unpublished = Change(LAYOUT.journal_key(NOW - 3_000, "w", 2), "write", NOW - 3_000, "w",
-                         entity_path="svc", key="k", version=1)
-    sync._advance_safe_point(NOW, [unpublished])
-    assert hub.position() == NOW - 3_000
-    published = hub.publish(unfetched_event(unpublished))
+    # Records listed but not confirmed (unreadable, unhandled, past one poll's
+    # batch) hold the point before the first of them: they come at a later poll,
+    # after ids were issued.
+    keys = [LAYOUT.journal_key(NOW - ms, "w", n) for n, ms in enumerate((1_800, 1_500, 1_200))]
+    assert cursor.pending(keys) == keys
+    sync._advance_safe_point(NOW)
+    assert hub.position() == NOW - 1_800
+    cursor.confirm(keys[0])
+    sync._advance_safe_point(NOW)
+    assert hub.position() == NOW - 1_500
+    for key in keys[1:]:
+        cursor.confirm(key)
+    sync._advance_safe_point(NOW)
+    assert hub.position() == NOW - LOOKBACK
+    published = hub.publish(unfetched_event(Change(keys[2], "write", NOW - 1_200, "w",
+                                                   entity_path="svc", key="k", version=1)))
     assert published is not None and parse_event_id(published.id, LAYOUT, LOOKBACK) == EventId(
-        hub.epoch, 1, NOW - 3_000)
+        hub.epoch, 1, NOW - LOOKBACK)
