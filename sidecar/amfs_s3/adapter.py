@@ -47,6 +47,7 @@ from amfs_s3.clock import StorageClock
 from amfs_s3.config import S3Settings
 from amfs_s3.deadline import Deadline
 from amfs_s3.exceptions import AdapterError, InvalidNameError, S3AccessError
+from amfs_s3.idempotency import write_once
 from amfs_s3.journal import Change, JournalCursor
 from amfs_s3.layout import Layout, is_within, validate_entity_path, validate_key
 from amfs_s3.watch import WatchLoop
@@ -455,18 +456,22 @@ class S3Adapter(AdapterABC):
     # write
     # ------------------------------------------------------------------
 
-    def write(self, entry: MemoryEntry) -> MemoryEntry:
+    def write(self, entry: MemoryEntry, *, idempotency_key: str | None = None) -> MemoryEntry:
         """Store a new version of ``entry.entity_path/entry.key``.
 
         ``entry.version > 1`` is the version the caller means to create: if it
         is not the next one, VersionConflictError. ``version == 1`` means
         last-writer-wins: a lost race retries as the next version.
+        With *idempotency_key*, a retry returns the first write's version
+        (:mod:`amfs_s3.idempotency`).
         """
-        written, _ = self.write_with_change(entry)
+        written, _ = write_once(self, entry, idempotency_key)
         return written
 
-    def write_with_change(self, entry: MemoryEntry) -> tuple[MemoryEntry, Change]:
-        """``write`` that also returns the journal change it recorded."""
+    def write_with_change(self, entry: MemoryEntry, *, metadata: dict[str, str] | None = None
+                          ) -> tuple[MemoryEntry, Change]:
+        """``write`` that also returns the journal change it recorded; *metadata*
+        goes on the version object (S3 user metadata)."""
         entity_path, key = entry.entity_path, entry.key
         self.layout.check_names(entity_path, key, entry.version)
         # Serialise once up front so a value that cannot be stored fails before any PUT.
@@ -481,7 +486,7 @@ class S3Adapter(AdapterABC):
             candidate = entry.model_copy(update={"version": version})
             body = self._serialise(candidate)
             object_key = self.layout.version_key(entity_path, key, version)
-            if self._put_new(object_key, body):
+            if self._put_new(object_key, body, metadata):
                 change = self._journal_write(candidate)
                 self._watch.note_local(change, candidate)
                 return candidate, change
@@ -520,7 +525,8 @@ class S3Adapter(AdapterABC):
                 "value", f"cannot be stored as JSON: {exc}", "values must be JSON-serialisable"
             ) from None
 
-    def _put_new(self, object_key: str, body: bytes) -> bool:
+    def _put_new(self, object_key: str, body: bytes,
+                 metadata: dict[str, str] | None = None) -> bool:
         """PUT *body* at *object_key* only if nothing is there. False: someone else won.
 
         If our own earlier attempt landed but its response was lost, botocore's
@@ -539,6 +545,7 @@ class S3Adapter(AdapterABC):
                 Body=body,
                 IfNoneMatch="*",
                 ContentType="application/json",
+                **({"Metadata": metadata} if metadata else {}),
             )
             return True
         except ClientError as exc:
@@ -605,6 +612,11 @@ class S3Adapter(AdapterABC):
     @property
     def pending_journal_records(self) -> int:
         return len(self._pending_journal)
+
+    def pending_journal_changes(self) -> builtins.list[Change]:
+        """The records waiting for S3, oldest first: in no listing until written."""
+        with self._pending_lock:
+            return builtins.list(self._pending_journal)
 
     def flush_journal(self) -> builtins.list[Change]:
         """Write the journal records that failed earlier, oldest first, each under a
@@ -849,6 +861,32 @@ class S3Adapter(AdapterABC):
             if confirm:
                 cursor.confirm(journal_key)
         return changes
+
+    def journal_page(self, start_after: str, limit: int = 1000
+                     ) -> tuple[builtins.list[str], str | None]:
+        """One LIST of journal keys after *start_after*, in order, and where the next
+        page starts (None: the listing ended). What a stream's replay reads."""
+        root = self.layout.journal_root
+        try:
+            response = self._call("list_objects_v2", root, Prefix=root, StartAfter=start_after,
+                                  MaxKeys=limit)
+        except ClientError as exc:
+            raise self._failure("ListObjectsV2", root, exc) from None
+        listed = [obj["Key"] for obj in response.get("Contents", [])]
+        keys = [key for key in listed if self.layout.parse_journal_key(key) is not None]
+        more = bool(response.get("IsTruncated")) and bool(listed)
+        return keys, (listed[-1] if more else None)
+
+    def journal_change(self, journal_key: str) -> Change | None:
+        """The record at *journal_key*; None if it is gone or malformed for good."""
+        try:
+            data = self._get_json(journal_key)
+        except S3AccessError:
+            raise
+        except AdapterError as exc:
+            logger.warning("skipping malformed journal record %s: %s", journal_key, exc)
+            return None
+        return self._parse_change(journal_key, data)
 
     def _report_future_record(self, journal_key: str) -> None:
         """Count a record stamped ahead of the storage's clock; warn once per writer."""

@@ -11,6 +11,7 @@ from amfs_core.exceptions import AdapterError, AMFSError, VersionConflictError
 __all__ = [
     "AdapterError",
     "ConfigError",
+    "IdempotencyKeyReusedError",
     "InvalidNameError",
     "S3AccessError",
     "VersionConflictError",
@@ -41,3 +42,17 @@ class S3AccessError(AdapterError):
         self.key = key
         self.detail = detail
         super().__init__(f"S3 {operation} failed for {key!r}: {detail}")
+
+
+class IdempotencyKeyReusedError(AMFSError, ValueError):
+    """A write carried an idempotency key an earlier, different write of the entry used."""
+
+    def __init__(self, entity_path: str, key: str, idempotency_key: str, version: int) -> None:
+        self.entity_path = entity_path
+        self.key = key
+        self.idempotency_key = idempotency_key
+        self.version = version
+        super().__init__(
+            f"Idempotency-Key {idempotency_key!r} was used for a different write of "
+            f"{entity_path}/{key} (version {version}); use a new key for a new write"
+        )

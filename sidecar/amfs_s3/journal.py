@@ -84,6 +84,9 @@ class JournalCursor:
     seen: dict[str, int] = field(default_factory=dict)
     resume_key: str | None = None
     clock: Callable[[], int] = wall_clock_ms
+    # The pending keys the last listing found: until each is confirmed, a
+    # stream's resume point must not pass it (amfs_sidecar.replay).
+    listed: list[str] = field(default_factory=list)
 
     @classmethod
     def starting_now(
@@ -126,13 +129,23 @@ class JournalCursor:
         return self.layout.journal_start_after(self.high_water_ms - self.lookback_ms)
 
     def pending(self, keys: list[str]) -> list[str]:
-        """The keys not yet confirmed, in journal order. Changes nothing."""
-        return [
+        """The keys not yet confirmed, in journal order (kept as :attr:`listed`)."""
+        self.listed = [
             key for key in sorted(keys)
             if key not in self.seen
             and self.layout.parse_journal_key(key) is not None
             and (self.resume_key is None or key > self.resume_key)
         ]
+        return list(self.listed)
+
+    def first_unconfirmed_ms(self) -> int | None:
+        """The time of the first key the last listing found that is still not
+        confirmed (not read, not handled, or beyond what one poll takes)."""
+        for key in self.listed:
+            if key not in self.seen:
+                name = self.layout.parse_journal_key(key)
+                return name.ms if name is not None else None
+        return None
 
     def confirm(self, journal_key: str) -> None:
         """*journal_key* was handled: never deliver it again, and move the window on.

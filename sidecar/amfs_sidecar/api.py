@@ -35,7 +35,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ValidationError
 
 from amfs_s3.adapter import S3Adapter
-from amfs_s3.exceptions import InvalidNameError
+from amfs_s3.exceptions import IdempotencyKeyReusedError, InvalidNameError
+from amfs_s3.idempotency import HEADER as IDEMPOTENCY_HEADER
+from amfs_s3.idempotency import validate_idempotency_key, write_once
 from amfs_s3.layout import (
     is_within,
     validate_entity_path,
@@ -166,6 +168,10 @@ def map_exception(exc: BaseException) -> web.Response:
     if isinstance(exc, EntryTooLargeError):
         return error_response(413, str(exc), type="EntryTooLargeError", size=exc.size,
                               limit=exc.limit)
+    if isinstance(exc, IdempotencyKeyReusedError):
+        return error_response(409, str(exc), type="IdempotencyKeyReusedError",
+                              field=IDEMPOTENCY_HEADER, entity_path=exc.entity_path,
+                              key=exc.key, version=exc.version)
     if isinstance(exc, VersionConflictError):
         return error_response(409, str(exc), type="VersionConflictError",
                               entity_path=exc.entity_path, key=exc.key,
@@ -458,6 +464,9 @@ async def write_entry(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     if ctx.read_only:
         raise ReadOnlyError()
+    idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+    if idempotency_key is not None:
+        validate_idempotency_key(idempotency_key)
     data = await _json_object(request)
     if "entry" in data:
         entry = models.EntryWriteRequest.model_validate(data).entry
@@ -471,7 +480,7 @@ async def write_entry(request: web.Request) -> web.Response:
     # streams in order (concurrent writes would publish 14 before 13), and they
     # do not race each other for the next version number on S3.
     async with ctx.write_locks.hold((entry.entity_path, entry.key)):
-        written, change = await ctx.offload(ctx.adapter.write_with_change, entry)
+        written, change = await ctx.offload(write_once, ctx.adapter, entry, idempotency_key)
         body = encode_entry(written)
         ctx.index.observe(written.entity_path, written.key, written.version)
         ctx.cache.put(written, body)
@@ -721,14 +730,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
     params = _query(request, models.StreamParams)
     if params.entity_path not in ("", "*"):
         validate_entity_path(params.entity_path)
+    # An id that cannot be resumed is answered in the stream (event: reset), not
+    # with a 400: a client that reconnects on its own would retry a 400 forever.
     last_event_id = request.headers.get("Last-Event-ID") or None
-    if last_event_id is not None and ctx.adapter.layout.parse_journal_key(last_event_id) is None:
-        raise ApiError(400, f"Last-Event-ID {last_event_id!r} is not an event id of this memory "
-                            f"(ids are journal keys under {ctx.adapter.layout.journal_root})")
     started = time.perf_counter()
     return await serve_stream(
         request, ctx.hub, scope=params.entity_path, last_event_id=last_event_id,
-        replay=ctx.sync.replay, heartbeat=ctx.heartbeat,
+        resume=ctx.sync.resume, fill=ctx.sync.fill, heartbeat=ctx.heartbeat,
         on_prepared=lambda: ctx.metrics.observe_request(
             request.method, STREAM_ROUTE, 200, time.perf_counter() - started),
     )

@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -145,10 +146,12 @@ class SidecarAdapter(AdapterABC):
         if conn is not None:
             conn.close()
 
-    def request(self, method: str, path: str, body: Any = None) -> _Response:
+    def request(self, method: str, path: str, body: Any = None,
+                extra_headers: dict[str, str] | None = None) -> _Response:
         """One request; a reused keep-alive connection that went stale is retried once."""
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers.update(extra_headers or {})
         for attempt in (1, 2):
             conn, reused = self._connection()
             try:
@@ -174,9 +177,9 @@ class SidecarAdapter(AdapterABC):
             return _Response(response.status, data)
         raise AssertionError("unreachable")
 
-    def _call(self, method: str, path: str, body: Any = None, *, none_on_404: bool = False
-              ) -> Any:
-        response = self.request(method, path, body)
+    def _call(self, method: str, path: str, body: Any = None, *, none_on_404: bool = False,
+              headers: dict[str, str] | None = None) -> Any:
+        response = self.request(method, path, body, headers)
         if response.status < 300:
             return response.json()
         if response.status == 404 and none_on_404:
@@ -228,9 +231,12 @@ class SidecarAdapter(AdapterABC):
         return _entry_or_none(self._call("GET", _entry_url(
             "/api/v1/entries", "/api/v1/entry", entity_path, key, {"version": version})))
 
-    def write(self, entry: MemoryEntry) -> MemoryEntry:
-        """Store *entry* as the adapter would: version > 1 is the version to create."""
-        data = self._call("POST", "/api/v1/entries", {"entry": entry.model_dump(mode="json")})
+    def write(self, entry: MemoryEntry, *, idempotency_key: str | None = None) -> MemoryEntry:
+        """Store *entry* as the adapter would: version > 1 is the version to create.
+        With *idempotency_key*, a retry returns the first write's version."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        data = self._call("POST", "/api/v1/entries", {"entry": entry.model_dump(mode="json")},
+                          headers=headers)
         return MemoryEntry.model_validate(data)
 
     def _pages(self, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
@@ -318,6 +324,11 @@ class SidecarAdapter(AdapterABC):
         self._drop_connection()
 
 
+# A resume may repeat events the watch had (the same entity, key and version):
+# the names delivered lately are remembered, so a callback sees each once.
+_REMEMBER_DELIVERED = 10_000
+
+
 class _Watch(threading.Thread):
     """One SSE stream, reconnecting with Last-Event-ID until cancelled."""
 
@@ -328,6 +339,7 @@ class _Watch(threading.Thread):
         self.scope = scope
         self.callback = callback
         self.last_event_id: str | None = None
+        self._delivered: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._cancelled = threading.Event()
         self._conn: http.client.HTTPConnection | None = None
         self._response: http.client.HTTPResponse | None = None
@@ -402,10 +414,22 @@ class _Watch(threading.Thread):
     def _dispatch(self, event: str, data: str, event_id: str | None) -> None:
         if event_id:
             self.last_event_id = event_id
+        if event == "reset":
+            # A position the sidecar could not resume: changes may have been
+            # missed, and a watch callback has no way to re-read. Say so.
+            logger.warning("watch stream reset by the sidecar: %s", data)
+            return
         if event != "write" or self._cancelled.is_set():
             return
         try:
-            self.callback(MemoryEntry.model_validate_json(data))
+            entry = MemoryEntry.model_validate_json(data)
+            name = (entry.entity_path, entry.key, entry.version)
+            if name in self._delivered:
+                return
+            self._delivered[name] = None
+            if len(self._delivered) > _REMEMBER_DELIVERED:
+                self._delivered.popitem(last=False)
+            self.callback(entry)
         except Exception:
             logger.exception("watch callback failed")
 

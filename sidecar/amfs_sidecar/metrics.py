@@ -116,6 +116,12 @@ class SidecarMetrics:
             "wrong); each is delivered once, and pollers do not follow it.",
             CONST_LABELS, registry=r,
         )
+        self.stream_resumes = Counter(
+            "amfs_sidecar_stream_resumes",
+            "Streams opened with Last-Event-ID, by how they resumed: buffer (exact), journal "
+            "(replayed), or reset_<reason> (the client was told to re-read).",
+            (*CONST_LABELS, "how"), registry=r,
+        )
         self.storage_clock_offset = Gauge(
             "amfs_sidecar_storage_clock_offset_seconds",
             "The storage's clock minus this pod's, estimated from S3 Date headers.",
@@ -172,6 +178,9 @@ class SidecarMetrics:
     def count_future_records(self, count: int) -> None:
         if count > 0:
             self.future_records.labels(*self._const).inc(count)
+
+    def count_stream_resume(self, how: str) -> None:
+        self.stream_resumes.labels(*self._const, how).inc()
 
     def bind_pending_journal_records(self, count: Callable[[], int]) -> None:
         self.pending_journal_records.labels(*self._const).set_function(lambda: float(count()))

@@ -100,8 +100,9 @@ OPERATIONS: tuple[Operation, ...] = (
               responses={200: m.Stats}),
     Operation(
         "get", "/api/v1/stream",
-        "Server-Sent Events: 'write' and 'outcome' events, id = journal key; resumable with "
-        "the Last-Event-ID header; ': heartbeat' comments keep idle connections open.",
+        "Server-Sent Events: 'write' and 'outcome' events; resumable with the Last-Event-ID "
+        "header (at least once, never a gap); 'reset' when it cannot resume (re-read if "
+        "reread is true); ': heartbeat' comments keep idle connections open.",
         params=m.StreamParams,
         responses={200: "text/event-stream", **_BAD},
     ),
@@ -165,7 +166,14 @@ def _operation(op: Operation, refs: dict[tuple[type[BaseModel], str], str]) -> d
     if op.path == "/api/v1/stream":
         parameters.append({
             "name": "Last-Event-ID", "in": "header", "required": False,
-            "schema": {"type": "string"}, "description": "Resume after this journal key.",
+            "schema": {"type": "string"}, "description": "Resume after this event id.",
+        })
+    if op.path == "/api/v1/entries" and op.method == "post":
+        parameters.append({
+            "name": "Idempotency-Key", "in": "header", "required": False,
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9\\-_.:~+/=]{1,255}$"},
+            "description": "A retry with the same key returns the first write's result "
+                           "(409 if the request differs).",
         })
     if parameters:
         doc["parameters"] = parameters

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -23,11 +24,11 @@ from amfs_core.models import MemoryEntry, OutcomeRecord
 from amfs_s3.adapter import S3Adapter
 from amfs_s3.exceptions import AdapterError, S3AccessError
 from amfs_s3.journal import DEFAULT_LOOKBACK_MS, Change, JournalCursor
-from amfs_s3.layout import is_within
 from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
 from amfs_sidecar.logs import fields
 from amfs_sidecar.metrics import SidecarMetrics
-from amfs_sidecar.stream import Event, StreamHub
+from amfs_sidecar.replay import DEFAULT_REPLAY_WINDOW_MS, StreamReplay, streamable
+from amfs_sidecar.stream import Event, Resumption, StreamHub, StreamSourceFailed
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,20 @@ Offload = Callable[..., Awaitable[Any]]
 MAX_RETRY_SECONDS = 30.0
 
 
-def write_event(change: Change, body: bytes) -> Event:
-    return Event(change.journal_key, "write", body, (change.entity_path or "",))
+def write_event(change: Change, body: bytes | None) -> Event:
+    return Event(change, "write", body, (change.entity_path or "",))
 
 
 def outcome_event(change: Change, record: OutcomeRecord) -> Event:
     paths = tuple(dict.fromkeys(path for path, _ in cited_entries(record)))
-    return Event(change.journal_key, "outcome", record.model_dump_json().encode(), paths)
+    return Event(change, "outcome", record.model_dump_json().encode(), paths)
+
+
+def unfetched_event(change: Change) -> Event:
+    """A change nobody watches yet: numbered and buffered now, fetched if a resume wants it."""
+    if change.kind == "write":
+        return write_event(change, None)
+    return Event(change, "outcome", None, None)
 
 
 class Synchronizer:
@@ -61,6 +69,7 @@ class Synchronizer:
         poll_interval: float,
         resync_interval: float,
         lookback_ms: int = DEFAULT_LOOKBACK_MS,
+        replay_window_ms: int = DEFAULT_REPLAY_WINDOW_MS,
     ) -> None:
         self.adapter = adapter
         self.index = index
@@ -80,6 +89,11 @@ class Synchronizer:
         self._wake = asyncio.Event()
         self._future_records_counted = 0
         metrics.bind_storage_clock_offset(lambda: adapter.clock.offset_seconds)
+        # Storage time before which every journal record has reached the hub:
+        # 0 until the first sync (nothing is promised before the cursor exists).
+        self.stream_safe_ms = 0
+        self.replay_window_ms = replay_window_ms
+        hub.position = lambda: self.stream_safe_ms
         metrics.bind_pending_journal_records(lambda: adapter.pending_journal_records)
 
     @property
@@ -155,6 +169,7 @@ class Synchronizer:
         self.cursor = JournalCursor.starting_now(
             self.adapter.layout, clock.now_ms(), lookback_ms=self.lookback_ms, clock=clock.now_ms
         )
+        self.stream_safe_ms = self.cursor.high_water_ms - self.lookback_ms
         await self.resync()
         self.index.synced = True
         self.last_error = None
@@ -184,6 +199,7 @@ class Synchronizer:
         if cursor is None:
             return []
         started = time.perf_counter()
+        listed_at_ms = self.adapter.clock.now_ms()
         # This sidecar's own records that S3 refused earlier go first.
         for change in await self.offload(self.adapter.flush_journal):
             self.note_local(change)
@@ -194,6 +210,7 @@ class Synchronizer:
         observed_at = self.adapter.clock.now()
         self.metrics.observe_poll_duration(time.perf_counter() - started)
         handled = await self.apply(changes)
+        self._advance_safe_point(listed_at_ms)
         for change in handled:
             self.metrics.observe_poll_lag(max(observed_at - change.written_at_ms / 1000.0, 0.0))
         future = self.adapter.future_records
@@ -246,12 +263,25 @@ class Synchronizer:
                                extra=fields(journal_key=change.journal_key, error=error))
             elif event is not None:
                 self.hub.publish(event)
+            elif change.journal_key not in wanted and streamable(change):
+                self.hub.publish(unfetched_event(change))  # the resume buffer has every change
             if change.kind == "outcome" and change.outcome_ref:
                 self.index.add_outcome()  # counted once: only when confirmed
             if self.cursor is not None:
                 self.cursor.confirm(change.journal_key)
             handled.append(change)
         return handled
+
+    def _advance_safe_point(self, listed_at_ms: int) -> None:
+        """After a poll that listed at *listed_at_ms*: a record older than that minus
+        the look-back that was not listed will never be (the journal's premise), and
+        every listed one before the first the cursor has not confirmed (unreadable,
+        unhandled, or beyond one poll's batch) has been published."""
+        safe = listed_at_ms - self.lookback_ms
+        first = self.cursor.first_unconfirmed_ms() if self.cursor is not None else None
+        if first is not None:
+            safe = min(safe, first)
+        self.stream_safe_ms = safe
 
     def note_local(self, change: Change) -> None:
         """This sidecar's own change: the poller must not report it again."""
@@ -260,18 +290,22 @@ class Synchronizer:
 
     # -- events ----------------------------------------------------------------
 
-    async def event_for(self, change: Change) -> Event | None:
+    async def event_for(self, change: Change, *, cache: bool = True) -> Event | None:
         """The stream event of *change*, fetching the entry or outcome it names."""
         if change.kind == "write":
             assert change.entity_path and change.key and change.version
-            body = await self.entry_body(change.entity_path, change.key, change.version)
+            body = await self.entry_body(change.entity_path, change.key, change.version,
+                                         cache=cache)
             return None if body is None else write_event(change, body)
         assert change.outcome_ref
         record = await self.offload(self.adapter.get_outcome, change.outcome_ref)
         return None if record is None else outcome_event(change, record)
 
-    async def entry_body(self, entity_path: str, key: str, version: int) -> bytes | None:
-        """JSON of exactly *version*: from the cache, else one GET (cached if current)."""
+    async def entry_body(self, entity_path: str, key: str, version: int, *,
+                         cache: bool = True) -> bytes | None:
+        """JSON of exactly *version*: from the cache, else one GET (cached if current
+        and *cache*: a replay's reads are not, so a day's backlog cannot evict the
+        entries agents read)."""
         cached = self.cache.get(entity_path, key, version)
         if cached is not None:
             return cached.body
@@ -281,22 +315,48 @@ class Synchronizer:
         if entry is None:
             return None
         body = encode_entry(entry)
-        if version >= self.index.current(entity_path, key):
+        if cache and version >= self.index.current(entity_path, key):
             self.cache.put(entry, body)
         return body
 
-    async def replay(self, last_event_id: str, scope: str) -> list[Event]:
-        """What a stream resuming after *last_event_id* missed, from the journal."""
-        cursor = JournalCursor.resuming_after(
-            self.adapter.layout, last_event_id, lookback_ms=self.lookback_ms,
-            clock=self.adapter.clock.now_ms,
+    async def resume(self, last_event_id: str | None, scope: str, head: int) -> Resumption:
+        """How a stream resuming after *last_event_id* starts (see amfs_sidecar.replay)."""
+        replay = StreamReplay(
+            self.hub, self.adapter, self.replay_fetch, self.offload,
+            now_ms=self.adapter.clock.now_ms,
+            floor_ms=self.journal_floor_ms,
+            lookback_ms=self.lookback_ms,
         )
-        changes: list[Change] = await self.offload(self.adapter.poll_journal, cursor)
-        # Outcomes are filtered after fetching: the record names the entities.
-        wanted = [c for c in changes
-                  if c.kind == "outcome" or is_within(c.entity_path or "", scope)]
-        events = await asyncio.gather(*(self.event_for(c) for c in wanted))
-        return [e for e in events if e is not None and e.concerns(scope)]
+        plan = await replay.plan(last_event_id, scope, head)
+        if last_event_id is not None:
+            self.metrics.count_stream_resume(plan.how)
+        return plan
+
+    def journal_floor_ms(self) -> int:
+        """Journal records older than this may be gone: a resume from before it is a
+        reset. The lifecycle rule's window; whatever else deletes journal records
+        (a trim behind an index snapshot) must raise it to where it deleted."""
+        return self.adapter.clock.now_ms() - self.replay_window_ms
+
+    async def replay_fetch(self, change: Change) -> Event | None:
+        """:meth:`event_for`, skipping an object that is broken for good."""
+        try:
+            return await self.event_for(change, cache=False)
+        except Exception as exc:
+            if _unreadable_for_good(exc):
+                logger.warning("change not streamed: its object is unreadable",
+                               extra=fields(journal_key=change.journal_key, error=str(exc)))
+                return None
+            raise
+
+    async def fill(self, event: Event) -> Event | None:
+        """*event* with the body it was published without; ids kept."""
+        try:
+            fetched = await self.replay_fetch(event.change)
+        except AdapterError as exc:
+            raise StreamSourceFailed(str(exc)) from exc
+        return None if fetched is None else dataclasses.replace(fetched, id=event.id,
+                                                                seq=event.seq)
 
 
 def _unreadable_for_good(exc: Exception) -> bool:

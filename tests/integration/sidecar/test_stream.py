@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +11,9 @@ from tests.fixtures.sidecar import RunningSidecar
 
 from .sse import EventReader
 from .test_api_entries import post
+
+# {epoch}-{seq}-{ms}: see amfs_sidecar.event_ids.
+EVENT_ID = re.compile(r"[0-9a-f]{12}-[0-9]{12}-[0-9]{13}")
 
 
 @asynccontextmanager
@@ -34,8 +38,8 @@ async def test_writes_and_outcomes_arrive_as_events(sidecar: RunningSidecar) -> 
         _, second = await post(s, "/api/v1/entries", body("svc", "b", 2))
         got = await events.take(2)
         assert [(e.event, e.data) for e in got] == [("write", first), ("write", second)]
-        assert all(e.id and e.id.startswith("amfs/default/journal/") for e in got)
-        assert got[0].id < got[1].id  # type: ignore[operator]
+        assert all(e.id and EVENT_ID.fullmatch(e.id) for e in got)
+        assert got[0].id < got[1].id  # type: ignore[operator]  # delivery order
 
         _, committed = await post(s, "/api/v1/outcomes", {
             "outcome_ref": "run-1", "outcome_type": "success", "causal_entry_keys": ["svc/a"],
@@ -93,11 +97,35 @@ async def test_idle_streams_get_heartbeats(sidecar: RunningSidecar) -> None:
         assert (await events.next()).data["key"] == "after-idle"
 
 
-async def test_bad_stream_requests_are_400(sidecar: RunningSidecar) -> None:
+async def test_an_id_that_cannot_be_resumed_gets_a_reset_and_the_stream_goes_on(
+    sidecar: RunningSidecar,
+) -> None:
+    future = f"{'0' * 12}-{0:012d}-{9_999_999_999_999:013d}"
     async with sidecar.session() as s:
-        async with s.get("/api/v1/stream", headers={"Last-Event-ID": "bogus"}) as response:
-            assert response.status == 400
-            assert "is not an event id of this memory" in (await response.json())["detail"]
-        async with s.get("/api/v1/stream", params={"entity_path": "a//b"}) as response:
-            assert response.status == 400
-            assert "empty segment" in (await response.json())["detail"]
+        for bad, reason in [("bogus", "invalid"), (future, "future")]:
+            async with open_stream(s, last_event_id=bad) as events:
+                reset = await events.next()
+                assert (reset.event, reset.data["reason"], reset.data["reread"]) == (
+                    "reset", reason, True)
+                assert "re-read" in reset.data["detail"]
+                # The reset's id is the client's new resume point: valid, and now.
+                assert reset.id == reset.data["last_event_id"] and EVENT_ID.fullmatch(reset.id)
+                await post(s, "/api/v1/entries", body("svc", f"after-{reason}"))
+                assert (await events.next()).data["key"] == f"after-{reason}"
+        # An id from before the journal is kept: the same.
+        async with open_stream(s, last_event_id=f"{'0' * 12}-{0:012d}-{1:013d}") as events:
+            assert (await events.next()).data["reason"] == "expired"
+        # And an id of this sidecar's own stream that it never issued.
+        head = reset.id.split("-")  # type: ignore[union-attr]
+        ahead = f"{head[0]}-{int(head[1]) + 5:012d}-{head[2]}"
+        async with open_stream(s, last_event_id=ahead) as events:
+            assert (await events.next()).data["reason"] == "future"
+    for how, count in [("reset_invalid", 1), ("reset_future", 2), ("reset_expired", 1)]:
+        assert sidecar.metric("amfs_sidecar_stream_resumes_total", how=how) == count, how
+
+
+async def test_bad_stream_requests_are_400(sidecar: RunningSidecar) -> None:
+    async with sidecar.session() as s, s.get("/api/v1/stream",
+                                             params={"entity_path": "a//b"}) as response:
+        assert response.status == 400
+        assert "empty segment" in (await response.json())["detail"]

@@ -7,7 +7,7 @@ from typing import Any
 from tests.fixtures.sidecar import SidecarFactory, await_until
 
 from .test_api_entries import get, post
-from .test_stream import body, open_stream
+from .test_stream import EVENT_ID, body, open_stream
 
 
 async def test_each_sidecar_sees_the_others_writes_through_reads_and_streams(
@@ -23,7 +23,7 @@ async def test_each_sidecar_sees_the_others_writes_through_reads_and_streams(
             # next() fails unless the event arrives within the deadline.
             seen = await right_events.next(timeout=deadline)
             assert (seen.event, seen.data) == ("write", written)
-            assert seen.id is not None and seen.id.startswith("amfs/default/journal/")
+            assert seen.id is not None and EVENT_ID.fullmatch(seen.id)
 
             async def right_reads_it() -> bool:
                 status, entry = await get(rs, "/api/v1/entries/shared/k")
