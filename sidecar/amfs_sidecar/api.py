@@ -16,6 +16,7 @@ import base64
 import binascii
 import builtins
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -471,7 +472,12 @@ async def write_entry(request: web.Request) -> web.Response:
     # streams in order (concurrent writes would publish 14 before 13), and they
     # do not race each other for the next version number on S3.
     async with ctx.write_locks.hold((entry.entity_path, entry.key)):
-        written, change = await ctx.offload(ctx.adapter.write_with_change, entry)
+        # The index knows the current version, so the write is one version PUT
+        # (plus the journal record): no LIST. A stale index costs a 412 and a LIST.
+        known = ctx.index.current(entry.entity_path, entry.key)
+        written, change = await ctx.offload(
+            functools.partial(ctx.adapter.write_with_change, entry,
+                              known_version=known if known or ctx.index.synced else None))
         body = encode_entry(written)
         ctx.index.observe(written.entity_path, written.key, written.version)
         ctx.cache.put(written, body)

@@ -96,6 +96,7 @@ def test_a_transient_fault_on_a_write_is_retried_and_the_write_lands_once(
     rule = fault_proxy.add(method="PUT", path_contains=path, **FAULTS[fault])
 
     written = adapter.write(make_entry("svc", "cfg", {"fault": fault}))
+    assert adapter.drain_journal(30)  # the journal record goes out in the background
 
     assert rule.fired == 1
     assert written.version == 1
