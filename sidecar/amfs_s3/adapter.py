@@ -50,7 +50,12 @@ from amfs_s3.config import S3Settings
 from amfs_s3.deadline import Deadline
 from amfs_s3.exceptions import AdapterError, InvalidNameError, S3AccessError
 from amfs_s3.journal import Change, JournalCursor
-from amfs_s3.known import DEFAULT_MAX_KEYS, KnownVersions
+from amfs_s3.known import (
+    DEFAULT_BODY_CACHE_BYTES,
+    DEFAULT_MAX_KEYS,
+    KnownVersions,
+    VersionBodies,
+)
 from amfs_s3.layout import Layout, is_within, validate_entity_path, validate_key
 from amfs_s3.watch import WatchLoop
 
@@ -117,6 +122,7 @@ class S3Adapter(AdapterABC):
         read_timeout: float = config_module.DEFAULT_READ_TIMEOUT,
         operation_deadline: float | None = None,
         known_keys: int = DEFAULT_MAX_KEYS,
+        body_cache_bytes: int = DEFAULT_BODY_CACHE_BYTES,
     ) -> None:
         # What the caller leaves out comes from the documented environment, so the
         # docs' ``export AMFS_S3_BUCKET=...`` + ``S3Adapter()`` works; an explicit
@@ -171,6 +177,7 @@ class S3Adapter(AdapterABC):
         self._journal_queue = BackgroundQueue("amfs-s3-journal")
         self._enqueue_lock = threading.Lock()
         self.known = KnownVersions(known_keys)
+        self.bodies = VersionBodies(body_cache_bytes)
         self._botocore_config = Config(
             # total_max_attempts counts the first try too; max_attempts would not.
             retries={"mode": retry_mode, "total_max_attempts": max_attempts},
@@ -311,13 +318,20 @@ class S3Adapter(AdapterABC):
 
     def _get_json(self, object_key: str) -> dict[str, Any] | None:
         """GET an object as JSON; ``None`` only when S3 says it does not exist."""
+        body = self._get_bytes(object_key)
+        return None if body is None else self._parse_json(object_key, body)
+
+    def _get_bytes(self, object_key: str) -> bytes | None:
         try:
             response = self._call("get_object", object_key, Key=object_key)
-            body = response["Body"].read()
+            return bytes(response["Body"].read())
         except ClientError as exc:
             if _error_code(exc) in _NOT_FOUND_CODES or _status(exc) == 404:
                 return None
             raise self._failure("GetObject", object_key, exc) from None
+
+    @staticmethod
+    def _parse_json(object_key: str, body: bytes) -> dict[str, Any]:
         try:
             data = json.loads(body)
         except ValueError as exc:
@@ -446,10 +460,16 @@ class S3Adapter(AdapterABC):
         return versions[-1] if versions else 0
 
     def _load_entry(self, entity_path: str, key: str, version: int) -> MemoryEntry | None:
+        """Exactly that version: from :attr:`bodies` when held (versions never
+        change), else one GET. None when it does not exist."""
         object_key = self.layout.version_key(entity_path, key, version)
-        data = self._get_json(object_key)
-        if data is None:
-            return None
+        body = self.bodies.get(entity_path, key, version)
+        if body is None:
+            body = self._get_bytes(object_key)
+            if body is None:
+                return None
+            self.bodies.put(entity_path, key, version, body)
+        data = self._parse_json(object_key, body)
         try:
             return MemoryEntry.model_validate(data)
         except ValidationError as exc:
@@ -476,13 +496,15 @@ class S3Adapter(AdapterABC):
         return entry
 
     def _read_current(self, entity_path: str, key: str, *, speculate: bool) -> MemoryEntry | None:
-        """LIST for the current version, GET it. With *speculate* and a version
-        known, that version's GET runs beside the LIST (versions are immutable,
-        so it is the answer whenever the LIST agrees): two round trips in the time
-        of one. Pool threads pass ``speculate=False`` so no job waits on the pool."""
-        known = self.known.get(entity_path, key) if speculate else None
+        """LIST for the current version, then its bytes: held in :attr:`bodies`
+        (versions are immutable), else a GET. With *speculate* and a known version
+        not held, its GET runs beside the LIST and is the answer whenever the LIST
+        agrees: two round trips in the time of one. Pool threads pass
+        ``speculate=False`` so no job waits on the pool."""
+        known = self.known.get(entity_path, key)
         early = (self._pool.submit(self._load_entry, entity_path, key, known)
-                 if known is not None else None)
+                 if speculate and known is not None
+                 and self.bodies.get(entity_path, key, known) is None else None)
         entry: MemoryEntry | None = None
         try:
             # A version seen in the listing cannot vanish (versions are never deleted)
@@ -566,6 +588,7 @@ class S3Adapter(AdapterABC):
             object_key = self.layout.version_key(entity_path, key, version)
             if self._put_new(object_key, body):
                 self.known.note(entity_path, key, version)
+                self.bodies.put(entity_path, key, version, body)
                 change = self._journal_write(candidate)
                 self._watch.note_local(change, candidate)
                 return candidate, change

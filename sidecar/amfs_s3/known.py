@@ -1,4 +1,5 @@
-"""What this process last saw as the current version of each key, bounded.
+"""What this process knows of the bucket, bounded: the current version of each
+key it has seen, and the bytes of versions it has read or written.
 
 A write of a key the adapter has seen goes straight to ``v{n+1}`` instead of
 listing first. A stale guess costs nothing in safety: versions are written with
@@ -55,3 +56,53 @@ class KnownVersions:
     def clear(self) -> None:
         with self._lock:
             self._versions.clear()
+
+
+DEFAULT_BODY_CACHE_BYTES = 8 * 1024 * 1024
+
+
+class VersionBodies:
+    """An LRU of stored version objects' bytes, bounded in bytes, thread-safe.
+
+    A version object never changes once written (no overwrite, no delete), so
+    its bytes are valid for as long as they are kept: a read still LISTs to learn
+    which version is current, and only the GET of a version held here is saved.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_BODY_CACHE_BYTES) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes is {max_bytes}; it must be >= 0 (0 turns the cache off)")
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._bodies: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def get(self, entity_path: str, key: str, version: int) -> bytes | None:
+        with self._lock:
+            body = self._bodies.get((entity_path, key, version))
+            if body is not None:
+                self._bodies.move_to_end((entity_path, key, version))
+            return body
+
+    def put(self, entity_path: str, key: str, version: int, body: bytes) -> None:
+        # One body may take at most an eighth, so a few huge values cannot flush the rest.
+        if len(body) > self.max_bytes // 8:
+            return
+        name = (entity_path, key, version)
+        with self._lock:
+            old = self._bodies.pop(name, None)
+            if old is not None:
+                self.size -= len(old)
+            self._bodies[name] = body
+            self.size += len(body)
+            while self.size > self.max_bytes:
+                _, evicted = self._bodies.popitem(last=False)
+                self.size -= len(evicted)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._bodies.clear()
+            self.size = 0

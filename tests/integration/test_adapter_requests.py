@@ -140,12 +140,40 @@ def test_a_stated_version_is_checked_from_the_cache_without_a_list(adapter, log)
     assert on(threading.current_thread(), settled(adapter, log)) == {"PutObject": 1}
 
 
-def test_a_read_of_a_known_key_is_one_list_and_one_get(adapter, log) -> None:
+def test_a_read_is_one_list_and_one_get_then_one_list(s3_settings, log, adapters) -> None:
+    writer = S3Adapter.from_settings(s3_settings)
+    reader = S3Adapter.from_settings(s3_settings, request_observer=log)
+    adapters.extend([writer, reader])
+    writer.write(make_entry("svc", "cfg", "value"))
+    for _ in range(2):
+        entry = reader.read("svc", "cfg")
+        assert entry is not None and entry.value == "value"
+    # Versions never change: the second read LISTs (is v1 still current?) and
+    # takes v1's bytes from what the first read fetched.
+    assert [op for op, _, _ in log.take()] == ["ListObjectsV2", "GetObject", "ListObjectsV2"]
+
+
+def test_a_read_of_a_key_this_adapter_wrote_is_one_list(adapter, log) -> None:
+    adapter.write(make_entry("svc", "mine", "value"))
+    settled(adapter, log)
+    entry = adapter.read("svc", "mine")
+    assert entry is not None and entry.value == "value"
+    assert total(settled(adapter, log)) == {"ListObjectsV2": 1}
+
+
+def test_without_the_body_cache_a_known_version_is_fetched_beside_the_list(
+    s3_settings, log, adapters
+) -> None:
+    adapter = S3Adapter.from_settings(s3_settings, request_observer=log, body_cache_bytes=0)
+    adapters.append(adapter)
     adapter.write(make_entry("svc", "cfg", "value"))
     settled(adapter, log)
     entry = adapter.read("svc", "cfg")
     assert entry is not None and entry.value == "value"
-    assert total(settled(adapter, log)) == {"ListObjectsV2": 1, "GetObject": 1}
+    seen = settled(adapter, log)
+    assert total(seen) == {"ListObjectsV2": 1, "GetObject": 1}
+    # The GET went out on the pool, not after the LIST on the caller's thread.
+    assert on(threading.current_thread(), seen) == {"ListObjectsV2": 1}
 
 
 def test_a_read_after_another_writer_moved_on_returns_the_newest(s3_settings, adapters) -> None:
@@ -166,8 +194,9 @@ def test_commit_outcome_on_a_known_entry_lists_nothing(adapter, log) -> None:
         causal_entry_keys=["outcomes/cited"], agent_id="a"))
     seen = settled(adapter, log)
     assert [e.version for e in updated] == [2]
-    # The record, one GET of the known version, its new version; 2 journal records.
-    assert total(seen) == {"PutObject": 4, "GetObject": 1}
+    # The record and the new version (built on the version this adapter wrote,
+    # its bytes held); 2 journal records. No LIST, no GET.
+    assert total(seen) == {"PutObject": 4}
 
 
 # ----------------------------------------------------------------------

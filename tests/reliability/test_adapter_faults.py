@@ -44,6 +44,8 @@ FAULTS: dict[str, dict[str, Any]] = {
 
 def adapter_via(proxy: FaultProxy | str, bucket: str, **kwargs: Any) -> S3Adapter:
     endpoint = proxy.url if isinstance(proxy, FaultProxy) else proxy
+    # Reads must reach S3 for its faults to matter: no bytes held from our own writes.
+    kwargs.setdefault("body_cache_bytes", 0)
     adapter = S3Adapter(bucket, endpoint_url=endpoint, aws_access_key_id="testing",
                         aws_secret_access_key="testing", **kwargs)
     return adapter

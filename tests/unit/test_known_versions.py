@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from amfs_s3.background import BackgroundQueue
-from amfs_s3.known import KnownVersions
+from amfs_s3.known import KnownVersions, VersionBodies
 
 
 def test_remembers_the_highest_version_seen() -> None:
@@ -81,3 +81,25 @@ def test_drain_reports_a_timeout_and_close_lets_a_later_submit_run() -> None:
     done: list[int] = []
     queue.submit(lambda: done.append(1))
     assert queue.drain(10) and done == [1]
+
+
+def test_version_bodies_are_bounded_in_bytes_and_evict_the_oldest() -> None:
+    bodies = VersionBodies(800)
+    for v in range(1, 5):
+        bodies.put("svc", "k", v, bytes(100))
+    assert bodies.get("svc", "k", 1) is not None  # touched: v2 is now the oldest
+    for v in range(5, 10):
+        bodies.put("svc", "k", v, bytes(100))
+    assert bodies.size <= 800 and len(bodies) == 8
+    assert bodies.get("svc", "k", 2) is None and bodies.get("svc", "k", 1) is not None
+
+
+def test_a_body_over_an_eighth_of_the_cache_is_not_kept_and_zero_is_off() -> None:
+    bodies = VersionBodies(800)
+    bodies.put("svc", "k", 1, bytes(101))
+    assert bodies.get("svc", "k", 1) is None and bodies.size == 0
+    off = VersionBodies(0)
+    off.put("svc", "k", 1, b"{}")
+    assert off.get("svc", "k", 1) is None
+    with pytest.raises(ValueError, match="max_bytes"):
+        VersionBodies(-1)
