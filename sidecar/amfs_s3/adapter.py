@@ -554,14 +554,17 @@ class S3Adapter(AdapterABC):
         return written
 
     def write_with_change(
-        self, entry: MemoryEntry, *, known_version: int | None = None
+        self, entry: MemoryEntry, *, known_version: int | None = None,
+        wait_for_journal: bool = False,
     ) -> tuple[MemoryEntry, Change]:
         """``write`` that also returns the journal change it recorded.
 
         *known_version* is the caller's belief about the key's current version
         (0: no version), e.g. the sidecar's index; without it the adapter's own
         :attr:`known` cache is asked. Either is only a hint: a stale one costs a
-        412 and a LIST, never an update.
+        412 and a LIST, never an update. With *wait_for_journal* the call returns
+        only once the journal record was PUT (or held for retry), for callers
+        that promise other processes will hear of the write (the sidecar's API).
         """
         entity_path, key = entry.entity_path, entry.key
         self.layout.check_names(entity_path, key, entry.version)
@@ -589,7 +592,7 @@ class S3Adapter(AdapterABC):
             if self._put_new(object_key, body):
                 self.known.note(entity_path, key, version)
                 self.bodies.put(entity_path, key, version, body)
-                change = self._journal_write(candidate)
+                change = self._journal_write(candidate, wait=wait_for_journal)
                 self._watch.note_local(change, candidate)
                 return candidate, change
             self.known.forget(entity_path, key)
@@ -685,18 +688,29 @@ class S3Adapter(AdapterABC):
         ms = self.clock.now_ms()
         return self.layout.journal_key(ms, self.writer_id, seq), ms
 
-    def _journal(self, change_kwargs: dict[str, Any]) -> Change:
-        """Queue the journal record of a change, PUT in order off the caller's path.
+    def _journal(self, change_kwargs: dict[str, Any], *, wait: bool = False) -> Change:
+        """Queue the journal record of a change, PUT in order off the caller's path
+        (unless *wait*: then once it went out, or was held for retry).
 
         The change is already durable (its version object is stored); the record
         is the notice to other processes, and :meth:`_write_journal_record`
         keeps retrying it until S3 takes it.
         """
+        done = threading.Event()
+
+        def job() -> None:
+            try:
+                self._write_journal_record(change)
+            finally:
+                done.set()
+
         with self._enqueue_lock:  # journal keys in the order their PUTs go out
             journal_key, ms = self._next_journal_key()
             change = Change(journal_key=journal_key, written_at_ms=ms, writer=self.writer_id,
                             **change_kwargs)
-            self._journal_queue.submit(lambda: self._write_journal_record(change))
+            self._journal_queue.submit(job)
+        if wait:
+            done.wait()  # bounded: each PUT has its deadline, a failure is held
         return change
 
     def _write_journal_record(self, change: Change) -> None:
@@ -757,9 +771,9 @@ class S3Adapter(AdapterABC):
             self._watch.note_local(change, None)
             written.append(change)
 
-    def _journal_write(self, entry: MemoryEntry) -> Change:
+    def _journal_write(self, entry: MemoryEntry, *, wait: bool = False) -> Change:
         return self._journal({"kind": "write", "entity_path": entry.entity_path,
-                              "key": entry.key, "version": entry.version})
+                              "key": entry.key, "version": entry.version}, wait=wait)
 
     # ------------------------------------------------------------------
     # list, search, stats
@@ -887,7 +901,7 @@ class S3Adapter(AdapterABC):
         return updated
 
     def commit_outcome_with_changes(
-        self, record: OutcomeRecord
+        self, record: OutcomeRecord, *, wait_for_journal: bool = False
     ) -> tuple[builtins.list[MemoryEntry], builtins.list[Change]]:
         """Store the record, then re-version each cited entry.
 
@@ -903,11 +917,13 @@ class S3Adapter(AdapterABC):
             currents = [self._outcome_base(*name) for name in cited]
         finally:
             stored.result()
-        changes = [self._journal({"kind": "outcome", "outcome_ref": record.outcome_ref})]
+        changes = [self._journal({"kind": "outcome", "outcome_ref": record.outcome_ref},
+                                 wait=wait_for_journal)]
         updated: builtins.list[MemoryEntry] = []
         now = datetime.now(UTC)
         for (entity_path, key), current in zip(cited, currents, strict=True):
-            result = self._apply_outcome(record, entity_path, key, now, current)
+            result = self._apply_outcome(record, entity_path, key, now, current,
+                                         wait_for_journal=wait_for_journal)
             if result is not None:
                 updated.append(result[0])
                 changes.append(result[1])
@@ -943,7 +959,7 @@ class S3Adapter(AdapterABC):
 
     def _apply_outcome(
         self, record: OutcomeRecord, entity_path: str, key: str, now: datetime,
-        current: MemoryEntry | None,
+        current: MemoryEntry | None, *, wait_for_journal: bool = False,
     ) -> tuple[MemoryEntry, Change] | None:
         """New version of one cited entry through amfs-core's evidence model.
 
@@ -964,7 +980,7 @@ class S3Adapter(AdapterABC):
             try:
                 return self.write_with_change(
                     new_entry.model_copy(update={"version": current.version + 1}),
-                    known_version=current.version,
+                    known_version=current.version, wait_for_journal=wait_for_journal,
                 )
             except VersionConflictError:
                 current = self._read_current(entity_path, key, speculate=False)
