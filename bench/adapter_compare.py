@@ -52,6 +52,11 @@ OPERATIONS = [
     ("commit_outcome", WARMUP, REPETITIONS),
     (f"list_{LIST_SMALL}", 1, 10),
     (f"list_{LIST_LARGE}", 1, LIST_LARGE_REPETITIONS),
+    # The same as a process that has seen nothing of the bucket: this project's
+    # known versions and held bytes are cleared before every call.
+    ("update_cold", WARMUP, REPETITIONS),
+    ("read_cold", WARMUP, REPETITIONS),
+    (f"list_{LIST_LARGE}_cold", 1, LIST_LARGE_REPETITIONS),
 ]
 
 
@@ -226,6 +231,9 @@ def main() -> dict[str, Any]:
                 "one process, one adapter per side: the keys it writes it knows, so an "
                 "update writes v(n+1) without a LIST and a read fetches the known version "
                 "beside the LIST; a stale guess costs a 412 and a LIST (never an update)",
+                "*_cold rows: the same operation with this project's caches (known "
+                "versions, held version bytes) cleared before each call, as in a process "
+                "that has seen nothing of the bucket",
                 "this project's one-time conditional-write probe (per endpoint and bucket "
                 "in a process: 2 PUT + 1 DELETE, or 1 PUT when its object is left) is excluded",
             ],

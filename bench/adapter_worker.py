@@ -72,6 +72,14 @@ class Counted:
         if drain is not None:
             drain(60)
 
+    def forget(self) -> None:
+        """Make this project's adapter a stranger to the bucket again: no known
+        versions, no held bytes (upstream keeps nothing between calls)."""
+        for cache in ("known", "bodies"):
+            held = getattr(self.adapter, cache, None)
+            if held is not None:
+                held.clear()
+
     def take(self) -> dict[str, int]:
         with self._lock:
             taken = dict(sorted(self.calls.items()))
@@ -108,6 +116,7 @@ def run_operation(adapter: Any, name: str, i: int) -> None:
 
 
 def prepare_operation(adapter: Any, name: str) -> None:
+    name = name.removesuffix("_cold")
     if name in ("update", "read"):
         if adapter.read("bench", "hot") is None:
             adapter.write(entry("bench", "hot", "first"))
@@ -115,7 +124,8 @@ def prepare_operation(adapter: Any, name: str) -> None:
         adapter.write(entry("outcomes", "cited", "restart the worker"))
     elif name.startswith("list_"):
         size = int(name.split("_")[1])
-        seed(adapter, f"list{size}", size)
+        if len(adapter.list(f"list{size}")) != size:
+            seed(adapter, f"list{size}", size)
 
 
 def race(side: str, endpoint: str, bucket: str, writers: int, updates: int) -> dict[str, Any]:
@@ -170,8 +180,12 @@ def serve(side: str, endpoint: str, bucket: str) -> None:
 def handle(counted: Counted, side: str, endpoint: str, command: dict[str, Any]) -> dict[str, Any]:
     cmd = command["cmd"]
     if cmd == "run":
+        name = command["op"]
+        if name.endswith("_cold"):  # the same operation by a process that saw nothing
+            counted.forget()
+            name = name[: -len("_cold")]
         started = time.perf_counter()
-        run_operation(counted.adapter, command["op"], command["i"])
+        run_operation(counted.adapter, name, command["i"])
         seconds = time.perf_counter() - started
         counted.settle()
         return {"ok": True, "seconds": seconds, "requests": counted.take()}
