@@ -36,7 +36,8 @@ from amfs_s3.adapter import S3Adapter as UpstreamAdapter
 from amfs_s3.config import DEFAULT_POLL_INTERVAL, DEFAULT_RESYNC_INTERVAL
 from amfs_s3.journal import JournalCursor
 from amfs_s3.layout import Layout
-from bench.adapter_compare import OURS, PREFIX, UPSTREAM, entry, percentile
+from bench.adapter_compare import OURS, PREFIX, UPSTREAM, percentile
+from bench.adapter_worker import entry
 from bench.common import RequestCounter, moto_process, new_bucket, write_result
 
 COMMAND = ".venv/bin/python -m bench.propagation"
