@@ -228,9 +228,13 @@ def main() -> dict[str, Any]:
                 "journal record (the change-feed notice) is PUT by a background thread. "
                 "Its time is not the caller's: the worker waits for it after the timed call "
                 "(so it never loads S3 during upstream's turn); its request is counted",
-                "one process, one adapter per side: the keys it writes it knows, so an "
-                "update writes v(n+1) without a LIST and a read fetches the known version "
-                "beside the LIST; a stale guess costs a 412 and a LIST (never an update)",
+                "one long-lived adapter per side, as an agent process has: amfs-k8s "
+                "remembers (bounded) the current version of keys it has seen and the bytes "
+                "of versions it wrote or read (versions never change), so an update writes "
+                "v(n+1) without a LIST and a read or list still LISTs but GETs only versions "
+                "it does not hold; a stale guess costs a 412 and a LIST, never an update",
+                "load on the 2-CPU machine from other work during the run is not "
+                "controlled; alternating call by call puts it on both sides alike",
                 "*_cold rows: the same operation with this project's caches (known "
                 "versions, held version bytes) cleared before each call, as in a process "
                 "that has seen nothing of the bucket",
