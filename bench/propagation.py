@@ -128,6 +128,11 @@ def wait_for(inbox: queue.Queue[tuple[str, float]], delivered: dict[str, float],
 
 
 def propagate(endpoint: str, side: str) -> dict[str, Any]:
+    if side == UPSTREAM and UpstreamAdapter is S3Adapter:
+        # amfs_s3 here is this project's: amfs-adapter-s3 lives in .venv-upstream only
+        # (bench/upstream_venv.py). Failing beats recording our figures as upstream's.
+        raise RuntimeError("the upstream propagation figures need amfs-adapter-s3, which "
+                           "now runs only in .venv-upstream; not measured")
     bucket = new_bucket(endpoint)
     inbox: queue.Queue[tuple[str, float]] = queue.Queue()
     delivered: dict[str, float] = {}
