@@ -26,12 +26,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy sidecar/amfs_sidecar operator/amfs_operator
 
+# amfs-adapter-s3 provides amfs_s3 too, so it gets a virtualenv of its own (.venv-upstream).
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench.upstream_venv
 	$(BIN)/python -m bench.run_all
 
 manifests: $(STAMP)
 	$(BIN)/python scripts/render_manifests.py deploy/
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache
+	rm -rf $(VENV) .venv-upstream .run .pytest_cache

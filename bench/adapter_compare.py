@@ -1,11 +1,14 @@
 """This project's S3Adapter and the upstream AMFS S3 adapter, side by side.
 
-Both adapters in this process against one moto server (in a process of its
-own), one bucket per adapter. For each operation:
-the S3 requests it costs (botocore ``before-call`` hooks on each adapter's own
-client) and its wall time (warm-up, then the median of repetitions). Then 8
-writers racing 25 updates each on one key: how many acknowledged updates each
-adapter actually kept.
+Each adapter runs in a process of its own (``bench/adapter_worker.py``), this
+project's with ``.venv``'s interpreter and upstream's with ``.venv-upstream``'s
+(``bench/upstream_venv.py``; both provide the import name ``amfs_s3``), against
+one moto server in a third process, one bucket per adapter. For each operation:
+the S3 API calls it costs (botocore ``before-call`` hooks on each adapter's own
+client) and its wall time in the worker (warm-up, then the median of
+repetitions), the two workers driven alternately call by call. Then 8 writers
+racing 25 updates each on one key: how many acknowledged updates each adapter
+actually kept.
 
     .venv/bin/python -m bench.adapter_compare
 """
@@ -14,27 +17,23 @@ from __future__ import annotations
 
 import json
 import statistics
-import threading
-import time
+import subprocess
+import sys
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 import boto3
-from amfs_core.models import MemoryEntry, OutcomeRecord, OutcomeType, Provenance
 
-from amfs_s3 import S3Adapter
-from amfs_s3.adapter import S3Adapter as UpstreamAdapter
-from bench.common import RequestCounter, moto_process, new_bucket, write_result
+from bench import upstream_venv
+from bench.common import moto_process, new_bucket, write_result
 
 COMMAND = ".venv/bin/python -m bench.adapter_compare"
 PREFIX = "amfs/"
 OURS = "amfs_k8s"
 UPSTREAM = "upstream"
+WORKER = Path(__file__).resolve().parent / "adapter_worker.py"
 
 WARMUP = 3
 REPETITIONS = 25
@@ -45,42 +44,49 @@ WRITERS = 8
 UPDATES_EACH = 25
 RACE_TRIALS = 3
 
-
-class Adapter(Protocol):
-    def read(self, entity_path: str, key: str) -> MemoryEntry | None: ...
-    def write(self, entry: MemoryEntry) -> MemoryEntry: ...
-    def list(self, entity_path: str | None = None) -> list[MemoryEntry]: ...
-    def commit_outcome(self, record: OutcomeRecord) -> list[MemoryEntry]: ...
-    def close(self) -> None: ...
-
-
-def entry(entity_path: str, key: str, value: object) -> MemoryEntry:
-    return MemoryEntry(
-        entity_path=entity_path, key=key, value=value,
-        provenance=Provenance(agent_id="bench", session_id="s", written_at=datetime.now(UTC)),
-    )
-
-
-def outcome(ref: str, cites: str) -> OutcomeRecord:
-    return OutcomeRecord(
-        outcome_ref=ref, outcome_type=OutcomeType.SUCCESS, committed_at=datetime.now(UTC),
-        causal_entry_keys=[cites], agent_id="bench",
-    )
+# (name, warm-up calls, measured calls), in the order they run.
+OPERATIONS = [
+    ("new_key", WARMUP, REPETITIONS),
+    ("update", WARMUP, REPETITIONS),
+    ("read", WARMUP, REPETITIONS),
+    ("commit_outcome", WARMUP, REPETITIONS),
+    (f"list_{LIST_SMALL}", 1, 10),
+    (f"list_{LIST_LARGE}", 1, LIST_LARGE_REPETITIONS),
+    # The same as a process that has seen nothing of the bucket: this project's
+    # known versions and held bytes are cleared before every call.
+    ("update_cold", WARMUP, REPETITIONS),
+    ("read_cold", WARMUP, REPETITIONS),
+    (f"list_{LIST_LARGE}_cold", 1, LIST_LARGE_REPETITIONS),
+]
 
 
-def make_ours(endpoint: str, bucket: str, writer_id: str | None = None) -> S3Adapter:
-    adapter = S3Adapter(bucket, prefix=PREFIX, endpoint_url=endpoint, writer_id=writer_id)
-    _ = adapter.conditional_writes_supported  # the one-time start-up probe, outside the counts
-    return adapter
+class Worker:
+    """One adapter in its own process, answering one JSON line per command."""
 
+    def __init__(self, side: str, python: Path, endpoint: str, bucket: str) -> None:
+        self.side = side
+        self.process = subprocess.Popen(
+            [str(python), str(WORKER), side, endpoint, bucket],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+        )
 
-def make_upstream(endpoint: str, bucket: str) -> UpstreamAdapter:
-    return UpstreamAdapter(bucket, prefix=PREFIX, endpoint_url=endpoint, region_name="us-east-1")
+    def ask(self, **command: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.side} worker exited (code {self.process.wait(10)})")
+        answer: dict[str, Any] = json.loads(line)
+        if not answer.get("ok"):
+            raise RuntimeError(f"{self.side} worker: {answer.get('error')}\n{answer.get('trace')}")
+        return answer
 
-
-def client_of(adapter: Any) -> Any:
-    """The boto3 client each adapter talks through (upstream keeps it in ``_s3``)."""
-    return adapter.client if isinstance(adapter, S3Adapter) else adapter._s3
+    def close(self) -> None:
+        try:
+            self.ask(cmd="quit")
+        finally:
+            self.process.wait(60)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -88,115 +94,36 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-@dataclass
-class Side:
-    """One adapter under test, its request counter and its samples for one operation."""
-
-    name: str
-    adapter: Any
-    counter: RequestCounter = field(default_factory=RequestCounter)
-    seconds: list[float] = field(default_factory=list)
-
-    def figures(self, repetitions: int) -> dict[str, Any]:
-        calls = self.counter.take()
-        figures = {
-            "requests": {name: round(n / repetitions, 2) for name, n in calls.items()},
-            "requests_total": round(sum(calls.values()) / repetitions, 2),
-            "median_ms": round(statistics.median(self.seconds) * 1000, 3),
-            "p95_ms": round(percentile(self.seconds, 0.95) * 1000, 3),
-            "repetitions": repetitions,
-        }
-        self.seconds = []
-        return figures
+def figures(samples: list[float], calls: Counter[str], repetitions: int) -> dict[str, Any]:
+    return {
+        "requests": {name: round(n / repetitions, 2) for name, n in sorted(calls.items())},
+        "requests_total": round(sum(calls.values()) / repetitions, 2),
+        "median_ms": round(statistics.median(samples) * 1000, 3),
+        "p95_ms": round(percentile(samples, 0.95) * 1000, 3),
+        "repetitions": repetitions,
+    }
 
 
-@dataclass(frozen=True)
-class Operation:
-    name: str
-    run: Callable[[Adapter, int], object]
-    prepare: Callable[[Adapter], object] = lambda adapter: None
-    warmup: int = WARMUP
-    repetitions: int = REPETITIONS
-
-
-def measure(operation: Operation, sides: list[Side]) -> dict[str, Any]:
-    """Warm up, then time ``run(adapter, i)`` alternately on each side, so load from
+def measure(name: str, warmup: int, repetitions: int, workers: list[Worker]) -> dict[str, Any]:
+    """Prepare and warm up each side, then alternate the measured calls, so load from
     anything else on the machine falls on both adapters alike."""
-    for side in sides:
-        operation.prepare(side.adapter)
-        for i in range(operation.warmup):
-            operation.run(side.adapter, -1 - i)
-        side.counter.take()
-    for i in range(operation.repetitions):
-        for side in sides:
-            start = time.perf_counter()
-            operation.run(side.adapter, i)
-            side.seconds.append(time.perf_counter() - start)
-    return {side.name: side.figures(operation.repetitions) for side in sides}
-
-
-def seed(adapter: Adapter, entity_path: str, count: int) -> None:
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda n: adapter.write(entry(entity_path, f"k{n:05d}", n)), range(count)))
-
-
-OPERATIONS = [
-    Operation("new_key", lambda a, i: a.write(entry("bench", f"new-{i}", i))),
-    Operation("update", lambda a, i: a.write(entry("bench", "hot", i)),
-              prepare=lambda a: a.write(entry("bench", "hot", "first"))),
-    Operation("read", lambda a, i: a.read("bench", "hot")),
-    Operation("commit_outcome",
-              lambda a, i: a.commit_outcome(outcome(f"INC-{i + 100}", "outcomes/cited")),
-              prepare=lambda a: a.write(entry("outcomes", "cited", "restart the worker"))),
-    Operation(f"list_{LIST_SMALL}",
-              lambda a, i: check_len(a.list(f"list{LIST_SMALL}"), LIST_SMALL),
-              prepare=lambda a: seed(a, f"list{LIST_SMALL}", LIST_SMALL),
-              warmup=1, repetitions=10),
-    Operation(f"list_{LIST_LARGE}",
-              lambda a, i: check_len(a.list(f"list{LIST_LARGE}"), LIST_LARGE),
-              prepare=lambda a: seed(a, f"list{LIST_LARGE}", LIST_LARGE),
-              warmup=1, repetitions=LIST_LARGE_REPETITIONS),
-]
-
-
-def check_len(entries: list[MemoryEntry], expected: int) -> list[MemoryEntry]:
-    if len(entries) != expected:
-        raise AssertionError(f"list returned {len(entries)} entries, expected {expected}")
-    return entries
+    for worker in workers:
+        worker.ask(cmd="prepare", op=name)
+        for i in range(warmup):
+            worker.ask(cmd="run", op=name, i=-1 - i)
+    samples: dict[str, list[float]] = {w.side: [] for w in workers}
+    calls: dict[str, Counter[str]] = {w.side: Counter() for w in workers}
+    for i in range(repetitions):
+        for worker in workers if i % 2 == 0 else workers[::-1]:
+            answer = worker.ask(cmd="run", op=name, i=i)
+            samples[worker.side].append(answer["seconds"])
+            calls[worker.side].update(answer["requests"])
+    return {w.side: figures(samples[w.side], calls[w.side], repetitions) for w in workers}
 
 
 # ----------------------------------------------------------------------
 # 8 writers x 25 updates on one key
 # ----------------------------------------------------------------------
-
-
-def race(writers: list[Adapter], entity_path: str, key: str) -> dict[str, Any]:
-    """Every writer updates one key UPDATES_EACH times at once; what was acknowledged."""
-    start = threading.Barrier(len(writers))
-    acknowledged: list[tuple[int, int]] = []
-    failures: Counter[str] = Counter()
-    lock = threading.Lock()
-
-    def run(n: int) -> None:
-        start.wait()
-        for u in range(UPDATES_EACH):
-            try:
-                writers[n].write(entry(entity_path, key, {"writer": n, "update": u}))
-            except Exception as exc:  # every failure is a figure, not a crash
-                with lock:
-                    failures[type(exc).__name__] += 1
-            else:
-                with lock:
-                    acknowledged.append((n, u))
-
-    began = time.perf_counter()
-    with ThreadPoolExecutor(len(writers)) as pool:
-        list(pool.map(run, range(len(writers))))
-    return {
-        "acknowledged": acknowledged,
-        "failures": dict(failures),
-        "wall_s": round(time.perf_counter() - began, 3),
-    }
 
 
 def stored_snapshots(endpoint: str, bucket: str, key_prefix: str) -> list[dict[str, Any]]:
@@ -212,10 +139,9 @@ def stored_snapshots(endpoint: str, bucket: str, key_prefix: str) -> list[dict[s
     return [json.loads(client.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys]
 
 
-def race_figures(result: dict[str, Any], snapshots: list[dict[str, Any]],
-                 current_readable: bool) -> dict[str, Any]:
+def race_figures(result: dict[str, Any], snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     kept = {(s["value"]["writer"], s["value"]["update"]) for s in snapshots}
-    acknowledged = result["acknowledged"]
+    acknowledged = [tuple(a) for a in result["acknowledged"]]
     lost = [a for a in acknowledged if a not in kept]
     versions = [s["version"] for s in snapshots]
     return {
@@ -226,31 +152,19 @@ def race_figures(result: dict[str, Any], snapshots: list[dict[str, Any]],
         "versions_kept": len(snapshots),
         "distinct_version_numbers": len(set(versions)),
         "acknowledged_updates_lost": len(lost),
-        "current_version_readable": current_readable,
+        "current_version_readable": result["current_version_readable"],
         "wall_s": result["wall_s"],
     }
 
 
-def race_ours(endpoint: str) -> dict[str, Any]:
-    bucket = new_bucket(endpoint)
-    writers = [make_ours(endpoint, bucket, writer_id=f"writer-{n}") for n in range(WRITERS)]
-    result = race(writers, "race", "hot")
-    snapshots = stored_snapshots(endpoint, bucket, f"{PREFIX}default/entries/race/hot/")
-    figures = race_figures(result, snapshots, writers[0].read("race", "hot") is not None)
-    for adapter in writers:
-        adapter.close()
-    return figures
+# Where each adapter keeps the versions of entity "race", key "hot".
+RACE_KEYS = {OURS: f"{PREFIX}default/entries/race/hot/", UPSTREAM: f"{PREFIX}default/race/hot/"}
 
 
-def race_upstream(endpoint: str) -> dict[str, Any]:
+def race_once(worker: Worker, endpoint: str) -> dict[str, Any]:
     bucket = new_bucket(endpoint)
-    writers = [make_upstream(endpoint, bucket) for _ in range(WRITERS)]
-    result = race(writers, "race", "hot")
-    snapshots = stored_snapshots(endpoint, bucket, f"{PREFIX}default/race/hot/")
-    figures = race_figures(result, snapshots, writers[0].read("race", "hot") is not None)
-    for adapter in writers:
-        adapter.close()
-    return figures
+    result = worker.ask(cmd="race", bucket=bucket, writers=WRITERS, updates=UPDATES_EACH)
+    return race_figures(result, stored_snapshots(endpoint, bucket, RACE_KEYS[worker.side]))
 
 
 def totals(trials: list[dict[str, Any]]) -> dict[str, Any]:
@@ -270,59 +184,70 @@ def totals(trials: list[dict[str, Any]]) -> dict[str, Any]:
     return summed
 
 
-def concurrency(endpoint: str) -> dict[str, Any]:
-    """RACE_TRIALS races per adapter, each on a fresh bucket."""
-    return {
-        "writers": WRITERS,
-        "updates_each": UPDATES_EACH,
-        "trials": RACE_TRIALS,
-        OURS: totals([race_ours(endpoint) for _ in range(RACE_TRIALS)]),
-        UPSTREAM: totals([race_upstream(endpoint) for _ in range(RACE_TRIALS)]),
-    }
-
-
-# ----------------------------------------------------------------------
-
-
-def compare(endpoint: str) -> dict[str, Any]:
-    sides = [Side(OURS, make_ours(endpoint, new_bucket(endpoint))),
-             Side(UPSTREAM, make_upstream(endpoint, new_bucket(endpoint)))]
-    for side in sides:
-        side.counter.attach(client_of(side.adapter))
-    figures = {op.name: measure(op, sides) for op in OPERATIONS}
-    for side in sides:
-        side.adapter.close()
-    return figures
+def concurrency(workers: list[Worker], endpoint: str) -> dict[str, Any]:
+    """RACE_TRIALS races per adapter, each on a fresh bucket, the sides taking turns."""
+    trials: dict[str, list[dict[str, Any]]] = {w.side: [] for w in workers}
+    for _ in range(RACE_TRIALS):
+        for worker in workers:
+            trials[worker.side].append(race_once(worker, endpoint))
+    return {"writers": WRITERS, "updates_each": UPDATES_EACH, "trials": RACE_TRIALS,
+            **{side: totals(t) for side, t in trials.items()}}
 
 
 def main() -> dict[str, Any]:
+    upstream_python = upstream_venv.ensure()
     with moto_process() as endpoint:
-        figures: dict[str, Any] = {
-            "setup": {
-                "s3": "one moto server (python -m moto.server) in its own process, loopback HTTP",
-                "versions": {
-                    "moto": version("moto"), "boto3": version("boto3"),
-                    "amfs-adapter-s3": version("amfs-adapter-s3"),
-                    "amfs-core": version("amfs-core"),
-                },
-                "warmup": WARMUP,
-                "repetitions": REPETITIONS,
-                "timing": ("median and p95 of time.perf_counter() per operation after warm-up, the "
-                           "two adapters alternating call by call"),
-                "requests": "API calls per operation counted with botocore before-call hooks",
-                "notes": [
-                    "commit_outcome cites one entry; upstream does not store the outcome "
-                    "record itself, this project does (outcomes/{ref}.json + journal)",
-                    "this project's one-time conditional-write probe (2 PUT + 1 DELETE at "
-                    "start-up) is excluded",
-                ],
-            },
-            "operations": compare(endpoint),
-            "concurrent_writers": concurrency(endpoint),
-        }
-    write_result("adapter_compare", figures, COMMAND)
-    print_summary(figures)
-    return figures
+        workers = [Worker(OURS, Path(sys.executable), endpoint, new_bucket(endpoint)),
+                   Worker(UPSTREAM, upstream_python, endpoint, new_bucket(endpoint))]
+        try:
+            sides = {w.side: w.ask(cmd="versions") for w in workers}
+            operations = {name: measure(name, warmup, reps, workers)
+                          for name, warmup, reps in OPERATIONS}
+            race_ = concurrency(workers, endpoint)
+        finally:
+            for worker in workers:
+                worker.close()
+    result: dict[str, Any] = {
+        "setup": {
+            "s3": "one moto server (python -m moto.server) in its own process, loopback HTTP",
+            "processes": (f"each adapter in its own worker process ({WORKER.name}): amfs-k8s "
+                          "with .venv, upstream with .venv-upstream (both provide amfs_s3)"),
+            "versions": {"moto": version("moto"),
+                         **{f"{n} ({side} worker)": v for side, s in sides.items()
+                            for n, v in s["versions"].items()}},
+            "warmup": WARMUP,
+            "repetitions": REPETITIONS,
+            "timing": ("median and p95 of time.perf_counter() around each call inside its "
+                       "worker, after warm-up, the two workers driven alternately call by call"),
+            "requests": ("API calls per operation counted with botocore before-call hooks, "
+                         "amfs-k8s's background journal PUTs included"),
+            "notes": [
+                "commit_outcome cites one entry; upstream does not store the outcome "
+                "record itself, this project does (outcomes/{ref}.json + journal)",
+                "amfs-k8s acknowledges a write once its version object is stored; the "
+                "journal record (the change-feed notice) is PUT by a background thread. "
+                "Its time is not the caller's: the worker waits for it after the timed call "
+                "(so it never loads S3 during upstream's turn); its request is counted",
+                "one long-lived adapter per side, as an agent process has: amfs-k8s "
+                "remembers (bounded) the current version of keys it has seen and the bytes "
+                "of versions it wrote or read (versions never change), so an update writes "
+                "v(n+1) without a LIST and a read or list still LISTs but GETs only versions "
+                "it does not hold; a stale guess costs a 412 and a LIST, never an update",
+                "load on the 2-CPU machine from other work during the run is not "
+                "controlled; alternating call by call puts it on both sides alike",
+                "*_cold rows: the same operation with this project's caches (known "
+                "versions, held version bytes) cleared before each call, as in a process "
+                "that has seen nothing of the bucket",
+                "this project's one-time conditional-write probe (per endpoint and bucket "
+                "in a process: 2 PUT + 1 DELETE, or 1 PUT when its object is left) is excluded",
+            ],
+        },
+        "operations": operations,
+        "concurrent_writers": race_,
+    }
+    write_result("adapter_compare", result, COMMAND)
+    print_summary(result)
+    return result
 
 
 def print_summary(figures: dict[str, Any]) -> None:

@@ -36,7 +36,8 @@ from amfs_s3.adapter import S3Adapter as UpstreamAdapter
 from amfs_s3.config import DEFAULT_POLL_INTERVAL, DEFAULT_RESYNC_INTERVAL
 from amfs_s3.journal import JournalCursor
 from amfs_s3.layout import Layout
-from bench.adapter_compare import OURS, PREFIX, UPSTREAM, entry, percentile
+from bench.adapter_compare import OURS, PREFIX, UPSTREAM, percentile
+from bench.adapter_worker import entry
 from bench.common import RequestCounter, moto_process, new_bucket, write_result
 
 COMMAND = ".venv/bin/python -m bench.propagation"
@@ -127,6 +128,11 @@ def wait_for(inbox: queue.Queue[tuple[str, float]], delivered: dict[str, float],
 
 
 def propagate(endpoint: str, side: str) -> dict[str, Any]:
+    if side == UPSTREAM and UpstreamAdapter is S3Adapter:
+        # amfs_s3 here is this project's: amfs-adapter-s3 lives in .venv-upstream only
+        # (bench/upstream_venv.py). Failing beats recording our figures as upstream's.
+        raise RuntimeError("the upstream propagation figures need amfs-adapter-s3, which "
+                           "now runs only in .venv-upstream; not measured")
     bucket = new_bucket(endpoint)
     inbox: queue.Queue[tuple[str, float]] = queue.Queue()
     delivered: dict[str, float] = {}

@@ -29,17 +29,35 @@ def main() -> dict[str, dict[str, int]]:
         adapter = S3Adapter(bucket, endpoint_url=endpoint, request_observer=counter)
         _ = adapter.conditional_writes_supported  # the one-time start-up probe
         figures = {"startup_probe": counter.take()}
+        # Journal records go out in the background: drained before each count.
         adapter.write(entry("svc", "cfg", 1))
+        adapter.drain_journal()
         figures["new_key"] = counter.take()
         adapter.write(entry("svc", "cfg", 2))
+        adapter.drain_journal()
         figures["update"] = counter.take()
         adapter.read("svc", "cfg")
+        figures["read_of_a_version_held"] = counter.take()
+        # Other processes, which have seen neither the key nor its bytes.
+        other, reader = (S3Adapter(bucket, endpoint_url=endpoint, request_observer=counter)
+                         for _ in range(2))
+        _ = other.conditional_writes_supported, reader.conditional_writes_supported
+        counter.take()
+        other.write(entry("svc", "cfg", 3))
+        other.drain_journal()
+        figures["update_of_a_key_not_seen"] = counter.take()
+        reader.read("svc", "cfg")
         figures["read"] = counter.take()
         for n in range(200):
             adapter.write(entry("list200", f"k{n:03d}", n))
+        adapter.drain_journal()
         counter.take()
-        assert len(adapter.list("list200")) == 200
+        assert len(reader.list("list200")) == 200
         figures["list_200"] = counter.take()
+        assert len(reader.list("list200")) == 200
+        figures["list_200_again"] = counter.take()
+        reader.close()
+        other.close()
         adapter.close()
     write_result("request_counts", figures, COMMAND)
     for name, calls in figures.items():

@@ -112,6 +112,7 @@ def canonical_host(host: str) -> str:
     is kept as a name: ``team.localhost`` may also name bucket ``team``, see
     :func:`server_of`)."""
     text = host.strip().lower()
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     if text.startswith("[") and text.endswith("]"):
         address = _ipv6(text[1:-1], host)
     else:

@@ -43,12 +43,20 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr, ValidationError
 
 from amfs_s3 import config as config_module
+from amfs_s3 import probe as probe_cache
+from amfs_s3.background import BackgroundQueue
 from amfs_s3.clock import StorageClock
 from amfs_s3.config import S3Settings
 from amfs_s3.deadline import Deadline
 from amfs_s3.exceptions import AdapterError, InvalidNameError, S3AccessError
 from amfs_s3.idempotency import write_once
 from amfs_s3.journal import Change, JournalCursor
+from amfs_s3.known import (
+    DEFAULT_BODY_CACHE_BYTES,
+    DEFAULT_MAX_KEYS,
+    KnownVersions,
+    VersionBodies,
+)
 from amfs_s3.layout import Layout, is_within, validate_entity_path, validate_key
 from amfs_s3.watch import WatchLoop
 
@@ -61,6 +69,8 @@ MAX_WRITE_ATTEMPTS = 64
 # Journal records waiting for S3 after their PUT failed; beyond this the oldest
 # are left to the snapshot writer's scan.
 MAX_PENDING_JOURNAL_RECORDS = 10_000
+# How long close() waits for queued journal records to go out.
+CLOSE_JOURNAL_SECONDS = 30.0
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -71,6 +81,11 @@ def _error_code(exc: ClientError) -> str:
 
 def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _retried(exc: ClientError) -> bool:
+    """Whether botocore sent the request more than once before this answer."""
+    return int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0) > 0
 
 
 def _default_writer_id() -> str:
@@ -89,10 +104,10 @@ class S3Adapter(AdapterABC):
 
     def __init__(
         self,
-        bucket: str,
+        bucket: str | None = None,
         *,
-        prefix: str = config_module.DEFAULT_PREFIX,
-        namespace: str = config_module.DEFAULT_NAMESPACE,
+        prefix: str | None = None,
+        namespace: str | None = None,
         endpoint_url: str | None = None,
         region_name: str | None = None,
         aws_access_key_id: str | None = None,
@@ -107,11 +122,26 @@ class S3Adapter(AdapterABC):
         connect_timeout: float = config_module.DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = config_module.DEFAULT_READ_TIMEOUT,
         operation_deadline: float | None = None,
+        known_keys: int = DEFAULT_MAX_KEYS,
+        body_cache_bytes: int = DEFAULT_BODY_CACHE_BYTES,
     ) -> None:
+        # What the caller leaves out comes from the documented environment, so the
+        # docs' ``export AMFS_S3_BUCKET=...`` + ``S3Adapter()`` works; an explicit
+        # ``endpoint_url=""`` (the docs' YAML) means AWS, not "look in the env".
+        env = os.environ
+        bucket = bucket or env.get(config_module.ENV_BUCKET)
         if not bucket:
             raise config_module.ConfigError(
-                "bucket is required (options.bucket in YAML, AMFS_S3_BUCKET in env)"
+                "bucket is required: pass S3Adapter(bucket=...) (options.bucket in AMFS "
+                f"YAML) or set {config_module.ENV_BUCKET} in the environment"
             )
+        if prefix is None:
+            prefix = env.get(config_module.ENV_PREFIX, config_module.DEFAULT_PREFIX)
+        if namespace is None:
+            namespace = env.get(config_module.ENV_NAMESPACE) or config_module.DEFAULT_NAMESPACE
+        if endpoint_url is None:
+            endpoint_url = env.get(config_module.ENV_ENDPOINT) or None
+        region_name = region_name or env.get(config_module.ENV_REGION) or None
         try:
             self.settings = S3Settings(
                 bucket=bucket,
@@ -145,6 +175,10 @@ class S3Adapter(AdapterABC):
         self.future_records = 0
         self._pending_journal: deque[Change] = deque()
         self._pending_lock = threading.Lock()
+        self._journal_queue = BackgroundQueue("amfs-s3-journal")
+        self._enqueue_lock = threading.Lock()
+        self.known = KnownVersions(known_keys)
+        self.bodies = VersionBodies(body_cache_bytes)
         self._botocore_config = Config(
             # total_max_attempts counts the first try too; max_attempts would not.
             retries={"mode": retry_mode, "total_max_attempts": max_attempts},
@@ -162,7 +196,6 @@ class S3Adapter(AdapterABC):
         self._seq = count()
         self._seq_lock = threading.Lock()
         self._conditional_writes: bool | None = None
-        self._probe_lock = threading.Lock()
         self._watch = WatchLoop(self)
 
     # ------------------------------------------------------------------
@@ -177,7 +210,7 @@ class S3Adapter(AdapterABC):
             settings.bucket,
             prefix=settings.prefix,
             namespace=settings.namespace,
-            endpoint_url=settings.endpoint_url,
+            endpoint_url=settings.endpoint_url or "",
             region_name=settings.region_name,
             aws_access_key_id=key_id.get_secret_value() if key_id else None,
             aws_secret_access_key=secret.get_secret_value() if secret else None,
@@ -286,13 +319,20 @@ class S3Adapter(AdapterABC):
 
     def _get_json(self, object_key: str) -> dict[str, Any] | None:
         """GET an object as JSON; ``None`` only when S3 says it does not exist."""
+        body = self._get_bytes(object_key)
+        return None if body is None else self._parse_json(object_key, body)
+
+    def _get_bytes(self, object_key: str) -> bytes | None:
         try:
             response = self._call("get_object", object_key, Key=object_key)
-            body = response["Body"].read()
+            return bytes(response["Body"].read())
         except ClientError as exc:
             if _error_code(exc) in _NOT_FOUND_CODES or _status(exc) == 404:
                 return None
             raise self._failure("GetObject", object_key, exc) from None
+
+    @staticmethod
+    def _parse_json(object_key: str, body: bytes) -> dict[str, Any]:
         try:
             data = json.loads(body)
         except ValueError as exc:
@@ -342,36 +382,48 @@ class S3Adapter(AdapterABC):
 
     @property
     def conditional_writes_supported(self) -> bool:
-        """Whether the provider honours ``If-None-Match: *``; probed once, on first use."""
+        """Whether the provider honours ``If-None-Match: *``: probed once per
+        endpoint and bucket in this process (:mod:`amfs_s3.probe`), on first use."""
         if self._conditional_writes is None:
-            with self._probe_lock:
-                if self._conditional_writes is None:
-                    self._conditional_writes = self.probe_conditional_writes()
+            self._conditional_writes = probe_cache.cached(
+                self.settings.endpoint_url, self.settings.bucket, self.probe_conditional_writes
+            )
         return self._conditional_writes
 
+    @property
+    def probe_key(self) -> str:
+        return f"{self.layout.probe_root}{probe_cache.PROBE_FILE}"
+
     def probe_conditional_writes(self) -> bool:
-        """PUT one probe object twice with ``If-None-Match: *``; the second must fail."""
-        probe_key = f"{self.layout.probe_root}{self.writer_id}-{uuid.uuid4().hex[:8]}.json"
-        body = b'{"probe": "conditional-write"}'
-        try:
-            self._call("put_object", probe_key, Key=probe_key, Body=body, IfNoneMatch="*")
+        """PUT the probe object with ``If-None-Match: *`` until S3 has answered for an
+        object that exists: 412 means the condition is honoured, 200 that it is not.
+
+        Needs no DeleteObject permission: the object is deleted if we may, and
+        otherwise stays as the one small object at :attr:`probe_key`, where the
+        next probe finds it (one PUT answered 412).
+        """
+        probe_key = self.probe_key
+        created = False
+        supported: bool | None = None
+        for _ in range(2):
             try:
-                self._call("put_object", probe_key, Key=probe_key, Body=body, IfNoneMatch="*")
-                supported = False
+                self._call("put_object", probe_key, Key=probe_key, Body=probe_cache.PROBE_BODY,
+                           IfNoneMatch="*")
             except ClientError as exc:
-                if _error_code(exc) not in _CONFLICT_CODES and _status(exc) not in (409, 412):
+                if _error_code(exc) in _CONFLICT_CODES or _status(exc) in (409, 412):
+                    supported = True
+                elif _status(exc) == 501 or _error_code(exc) == "NotImplemented":
+                    supported = False
+                else:
                     raise self._failure("PutObject", probe_key, exc) from None
-                supported = True
-        except ClientError as exc:
-            if _status(exc) == 501 or _error_code(exc) == "NotImplemented":
-                supported = False
-            else:
-                raise self._failure("PutObject", probe_key, exc) from None
-        finally:
-            try:
-                self._call("delete_object", probe_key, Key=probe_key)
-            except (ClientError, S3AccessError):
-                logger.warning("could not delete conditional-write probe object %s", probe_key)
+                break
+            if created:
+                supported = False  # the same object twice: the condition was ignored
+                break
+            created = True
+        if created:
+            self._delete_probe_object(probe_key)
+        assert supported is not None
         if not supported:
             logger.warning(
                 "S3 provider at %s ignores If-None-Match on PUT: concurrent writers to one key "
@@ -380,6 +432,13 @@ class S3Adapter(AdapterABC):
                 self.settings.endpoint_url or "AWS S3",
             )
         return supported
+
+    def _delete_probe_object(self, probe_key: str) -> None:
+        try:
+            self._call("delete_object", probe_key, Key=probe_key)
+        except (ClientError, S3AccessError) as exc:
+            logger.info("conditional-write probe object %s left in place (DELETE: %s); "
+                        "the next probe reuses it", probe_key, exc)
 
     # ------------------------------------------------------------------
     # versions of one key
@@ -402,10 +461,16 @@ class S3Adapter(AdapterABC):
         return versions[-1] if versions else 0
 
     def _load_entry(self, entity_path: str, key: str, version: int) -> MemoryEntry | None:
+        """Exactly that version: from :attr:`bodies` when held (versions never
+        change), else one GET. None when it does not exist."""
         object_key = self.layout.version_key(entity_path, key, version)
-        data = self._get_json(object_key)
-        if data is None:
-            return None
+        body = self.bodies.get(entity_path, key, version)
+        if body is None:
+            body = self._get_bytes(object_key)
+            if body is None:
+                return None
+            self.bodies.put(entity_path, key, version, body)
+        data = self._parse_json(object_key, body)
         try:
             return MemoryEntry.model_validate(data)
         except ValidationError as exc:
@@ -426,19 +491,42 @@ class S3Adapter(AdapterABC):
         """The current version, or None. A failed S3 call raises; it is never 'not found'."""
         validate_entity_path(entity_path)
         validate_key(key)
-        entry: MemoryEntry | None = None
-        # A version seen in the listing cannot vanish (versions are never deleted)
-        # unless the whole memory is being removed; one re-list covers that race.
-        for _ in range(2):
-            version = self.current_version(entity_path, key)
-            if version == 0:
-                return None
-            entry = self._load_entry(entity_path, key, version)
-            if entry is not None:
-                break
+        entry = self._read_current(entity_path, key, speculate=True)
         if entry is None or entry.confidence < min_confidence or entry.is_expired():
             return None
         return entry
+
+    def _read_current(self, entity_path: str, key: str, *, speculate: bool) -> MemoryEntry | None:
+        """LIST for the current version, then its bytes: held in :attr:`bodies`
+        (versions are immutable), else a GET. With *speculate* and a known version
+        not held, its GET runs beside the LIST and is the answer whenever the LIST
+        agrees: two round trips in the time of one. Pool threads pass
+        ``speculate=False`` so no job waits on the pool."""
+        known = self.known.get(entity_path, key)
+        early = (self._pool.submit(self._load_entry, entity_path, key, known)
+                 if speculate and known is not None
+                 and self.bodies.get(entity_path, key, known) is None else None)
+        entry: MemoryEntry | None = None
+        try:
+            # A version seen in the listing cannot vanish (versions are never deleted)
+            # unless the whole memory is being removed; one re-list covers that race.
+            for _ in range(2):
+                version = self.current_version(entity_path, key)
+                if version == 0:
+                    self.known.forget(entity_path, key)
+                    return None
+                self.known.note(entity_path, key, version)
+                if early is not None and version == known:
+                    entry, early = early.result(), None
+                else:
+                    entry = self._load_entry(entity_path, key, version)
+                if entry is not None:
+                    return entry
+            return None
+        finally:
+            if early is not None:
+                # Not used; wait so no request of ours outlives the call.
+                early.exception()
 
     def read_at_version(self, entity_path: str, key: str, version: int) -> MemoryEntry | None:
         """Exactly *version* of the key (one GET), or None when it was never written."""
@@ -468,30 +556,57 @@ class S3Adapter(AdapterABC):
         written, _ = write_once(self, entry, idempotency_key)
         return written
 
-    def write_with_change(self, entry: MemoryEntry, *, metadata: dict[str, str] | None = None
-                          ) -> tuple[MemoryEntry, Change]:
+    def write_with_change(
+        self, entry: MemoryEntry, *, known_version: int | None = None,
+        wait_for_journal: bool = False, metadata: dict[str, str] | None = None,
+    ) -> tuple[MemoryEntry, Change]:
         """``write`` that also returns the journal change it recorded; *metadata*
-        goes on the version object (S3 user metadata)."""
+        goes on the version object (S3 user metadata).
+
+        *known_version* is the caller's belief about the key's current version
+        (0: no version), e.g. the sidecar's index; without it the adapter's own
+        :attr:`known` cache is asked. Either is only a hint: a stale one costs a
+        412 and a LIST, never an update. With *wait_for_journal* the call returns
+        only once the journal record was PUT (or held for retry), for callers
+        that promise other processes will hear of the write (the sidecar's API).
+        """
         entity_path, key = entry.entity_path, entry.key
         self.layout.check_names(entity_path, key, entry.version)
         # Serialise once up front so a value that cannot be stored fails before any PUT.
         self._serialise(entry)
         expected = entry.version if entry.version > 1 else None
+        believed = known_version if known_version is not None else (
+            self.known.get(entity_path, key))
 
-        version = self.current_version(entity_path, key) + 1
-        if expected is not None and expected != version:
-            raise VersionConflictError(entity_path, key, expected, version - 1)
+        if expected is not None:
+            # Versions are dense and never deleted, so a belief at or past
+            # expected - 1 decides without a LIST; a lower one may be stale.
+            if believed is None or believed < expected - 1:
+                believed = self.current_version(entity_path, key)
+            if believed != expected - 1:
+                raise VersionConflictError(entity_path, key, expected, believed)
+        # A new key is one PUT of v1: the 412 of an existing key says to look.
+        version = (believed or 0) + 1
+        listed = False
 
         for losses in range(1, MAX_WRITE_ATTEMPTS + 1):
             candidate = entry.model_copy(update={"version": version})
             body = self._serialise(candidate)
             object_key = self.layout.version_key(entity_path, key, version)
             if self._put_new(object_key, body, metadata):
-                change = self._journal_write(candidate)
+                self.known.note(entity_path, key, version)
+                self.bodies.put(entity_path, key, version, body)
+                change = self._journal_write(candidate, wait=wait_for_journal)
                 self._watch.note_local(change, candidate)
                 return candidate, change
+            self.known.forget(entity_path, key)
             if expected is not None:
                 raise VersionConflictError(entity_path, key, expected, version)
+            if not listed:
+                # The guess came from a cache or from nothing: ask S3 once, no wait.
+                version = self.current_version(entity_path, key) + 1
+                listed = True
+                continue
             # Jittered backoff spreads a crowd of writers out, so no one starves;
             # guessing the next number is usually right, and after repeated
             # losses the field has moved on, so ask S3 where it stands.
@@ -550,7 +665,9 @@ class S3Adapter(AdapterABC):
             return True
         except ClientError as exc:
             if _error_code(exc) in _CONFLICT_CODES or _status(exc) in (409, 412):
-                return self._stored_bytes(object_key) == body
+                # Only a retried PUT can meet its own earlier attempt; a first
+                # attempt's 412 is somebody else's version, no GET needed.
+                return _retried(exc) and self._stored_bytes(object_key) == body
             raise self._failure("PutObject", object_key, exc) from None
 
     def _exists(self, object_key: str) -> bool:
@@ -577,16 +694,41 @@ class S3Adapter(AdapterABC):
         ms = self.clock.now_ms()
         return self.layout.journal_key(ms, self.writer_id, seq), ms
 
-    def _journal(self, change_kwargs: dict[str, Any]) -> Change:
-        """PUT the journal record of a change; one that fails waits in
-        :attr:`pending_journal` for :meth:`flush_journal`, never lost in silence."""
-        self.flush_journal()  # older records first, where S3 lets us
-        journal_key, ms = self._next_journal_key()
-        change = Change(journal_key=journal_key, written_at_ms=ms, writer=self.writer_id,
-                        **change_kwargs)
+    def _journal(self, change_kwargs: dict[str, Any], *, wait: bool = False) -> Change:
+        """Queue the journal record of a change, PUT in order off the caller's path
+        (unless *wait*: then once it went out, or was held for retry).
+
+        The change is already durable (its version object is stored); the record
+        is the notice to other processes, and :meth:`_write_journal_record`
+        keeps retrying it until S3 takes it.
+        """
+        done = threading.Event()
+
+        def job() -> None:
+            try:
+                self._write_journal_record(change)
+            finally:
+                done.set()
+
+        with self._enqueue_lock:  # journal keys in the order their PUTs go out
+            journal_key, ms = self._next_journal_key()
+            change = Change(journal_key=journal_key, written_at_ms=ms, writer=self.writer_id,
+                            **change_kwargs)
+            self._journal_queue.submit(job)
+        if wait:
+            done.wait()  # bounded: each PUT has its deadline, a failure is held
+        return change
+
+    def _write_journal_record(self, change: Change) -> None:
+        """Older held records first, where S3 lets us; one that fails waits in
+        :attr:`pending_journal_records` for :meth:`flush_journal`, never lost in silence."""
+        self.flush_journal()
         if not self._put_journal_record(change):
             self._hold_journal_record(change)
-        return change
+
+    def drain_journal(self, timeout: float | None = None) -> bool:
+        """Wait until every journal record queued so far was PUT (or held for retry)."""
+        return self._journal_queue.drain(timeout)
 
     def _put_journal_record(self, change: Change) -> bool:
         body = json.dumps(change.to_record()).encode("utf-8")
@@ -611,7 +753,8 @@ class S3Adapter(AdapterABC):
 
     @property
     def pending_journal_records(self) -> int:
-        return len(self._pending_journal)
+        """Records not yet in S3: held after a failed PUT, or still queued."""
+        return len(self._pending_journal) + self._journal_queue.unfinished
 
     def pending_journal_changes(self) -> builtins.list[Change]:
         """The records waiting for S3, oldest first: in no listing until written."""
@@ -639,9 +782,9 @@ class S3Adapter(AdapterABC):
             self._watch.note_local(change, None)
             written.append(change)
 
-    def _journal_write(self, entry: MemoryEntry) -> Change:
+    def _journal_write(self, entry: MemoryEntry, *, wait: bool = False) -> Change:
         return self._journal({"kind": "write", "entity_path": entry.entity_path,
-                              "key": entry.key, "version": entry.version})
+                              "key": entry.key, "version": entry.version}, wait=wait)
 
     # ------------------------------------------------------------------
     # list, search, stats
@@ -686,6 +829,8 @@ class S3Adapter(AdapterABC):
             for (ep, key), numbers in sorted(versions.items())
             for number in (numbers if include_superseded else numbers[-1:])
         ]
+        for (ep, key), numbers in versions.items():
+            self.known.note(ep, key, numbers[-1])
         loaded = self._pool.map(lambda item: self._load_entry(*item), wanted)
         return [entry for entry in loaded if entry is not None]
 
@@ -767,27 +912,65 @@ class S3Adapter(AdapterABC):
         return updated
 
     def commit_outcome_with_changes(
-        self, record: OutcomeRecord
+        self, record: OutcomeRecord, *, wait_for_journal: bool = False
     ) -> tuple[builtins.list[MemoryEntry], builtins.list[Change]]:
+        """Store the record, then re-version each cited entry.
+
+        The record's PUT runs while the cited entries are fetched (a version
+        known to this process is one GET, no LIST); the new versions are written
+        only once the record is stored, so a failed record changes nothing.
+        """
         object_key = self.layout.outcome_key(record.outcome_ref)
         body = json.dumps(record.model_dump(mode="json"), ensure_ascii=False).encode("utf-8")
+        stored = self._pool.submit(self._put_outcome_record, object_key, body)
         try:
-            self._call("put_object", object_key, Key=object_key, Body=body,
-                       ContentType="application/json")
-        except ClientError as exc:
-            raise self._failure("PutObject", object_key, exc) from None
-        changes = [self._journal({"kind": "outcome", "outcome_ref": record.outcome_ref})]
+            cited = [name for name in cited_entries(record) if self._citable(record, *name)]
+            currents = [self._outcome_base(*name) for name in cited]
+        finally:
+            stored.result()
+        changes = [self._journal({"kind": "outcome", "outcome_ref": record.outcome_ref},
+                                 wait=wait_for_journal)]
         updated: builtins.list[MemoryEntry] = []
         now = datetime.now(UTC)
-        for entity_path, key in cited_entries(record):
-            result = self._apply_outcome(record, entity_path, key, now)
+        for (entity_path, key), current in zip(cited, currents, strict=True):
+            result = self._apply_outcome(record, entity_path, key, now, current,
+                                         wait_for_journal=wait_for_journal)
             if result is not None:
                 updated.append(result[0])
                 changes.append(result[1])
         return updated, changes
 
+    def _put_outcome_record(self, object_key: str, body: bytes) -> None:
+        try:
+            self._call("put_object", object_key, Key=object_key, Body=body,
+                       ContentType="application/json")
+        except ClientError as exc:
+            raise self._failure("PutObject", object_key, exc) from None
+
+    @staticmethod
+    def _citable(record: OutcomeRecord, entity_path: str, key: str) -> bool:
+        try:
+            validate_entity_path(entity_path)
+            validate_key(key)
+        except InvalidNameError:
+            logger.warning("outcome %s cites an invalid entry name %r/%r; skipped",
+                           record.outcome_ref, entity_path, key)
+            return False
+        return True
+
+    def _outcome_base(self, entity_path: str, key: str) -> MemoryEntry | None:
+        """The version an outcome builds on: the known one by one GET (a stale
+        guess is caught by the conditional PUT), else LIST + GET."""
+        known = self.known.get(entity_path, key)
+        if known is not None:
+            entry = self._load_entry(entity_path, key, known)
+            if entry is not None:
+                return entry
+        return self._read_current(entity_path, key, speculate=False)
+
     def _apply_outcome(
-        self, record: OutcomeRecord, entity_path: str, key: str, now: datetime
+        self, record: OutcomeRecord, entity_path: str, key: str, now: datetime,
+        current: MemoryEntry | None, *, wait_for_journal: bool = False,
     ) -> tuple[MemoryEntry, Change] | None:
         """New version of one cited entry through amfs-core's evidence model.
 
@@ -795,16 +978,8 @@ class S3Adapter(AdapterABC):
         concurrent value write is never buried under a stale snapshot: on a
         conflict the evidence is re-applied to the newer version.
         """
-        try:
-            validate_entity_path(entity_path)
-            validate_key(key)
-        except InvalidNameError:
-            logger.warning("outcome %s cites an invalid entry name %r/%r; skipped",
-                           record.outcome_ref, entity_path, key)
-            return None
         for _ in range(MAX_WRITE_ATTEMPTS):
-            current = self.read(entity_path, key)
-            if current is None:
+            if current is None or current.is_expired():
                 logger.warning("outcome %s cites %s/%s, which does not exist",
                                record.outcome_ref, entity_path, key)
                 return None
@@ -815,10 +990,11 @@ class S3Adapter(AdapterABC):
                 return None
             try:
                 return self.write_with_change(
-                    new_entry.model_copy(update={"version": current.version + 1})
+                    new_entry.model_copy(update={"version": current.version + 1}),
+                    known_version=current.version, wait_for_journal=wait_for_journal,
                 )
             except VersionConflictError:
-                continue
+                current = self._read_current(entity_path, key, speculate=False)
         raise AdapterError(f"outcome {record.outcome_ref}: {entity_path}/{key} kept changing")
 
     # ------------------------------------------------------------------
@@ -930,7 +1106,11 @@ class S3Adapter(AdapterABC):
         return self._watch.running
 
     def close(self) -> None:
-        """Stop the watch poller and the GET pool."""
+        """Send the queued journal records (bounded wait), stop the watch poller
+        and the GET pool."""
+        if not self._journal_queue.close(CLOSE_JOURNAL_SECONDS):
+            logger.warning("closing with %d journal record(s) not yet written",
+                           self.pending_journal_records)
         self._watch.stop()
         self._pool.shutdown(wait=True)
 

@@ -26,18 +26,41 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from amfs_core.models import MemoryEntry
 from botocore.exceptions import ClientError
 
-from amfs_s3.exceptions import IdempotencyKeyReusedError, InvalidNameError
+from amfs_s3.exceptions import IdempotencyKeyReusedError, InvalidNameError, S3AccessError
 from amfs_s3.journal import Change
+from amfs_s3.layout import Layout
 
-if TYPE_CHECKING:
-    from amfs_s3.adapter import S3Adapter
+
+class S3Adapter(Protocol):
+    """What this module needs of :class:`amfs_s3.adapter.S3Adapter`; a Protocol
+    rather than an import, because the adapter imports this module."""
+
+    layout: Layout
+
+    def write_with_change(
+        self, entry: MemoryEntry, *, known_version: int | None = None,
+        wait_for_journal: bool = False, metadata: dict[str, str] | None = None,
+    ) -> tuple[MemoryEntry, Change]: ...
+
+    def read_at_version(self, entity_path: str, key: str, version: int
+                        ) -> MemoryEntry | None: ...
+
+    def _journal_write(self, entry: MemoryEntry, *, wait: bool = False) -> Change: ...
+
+    def _list(self, prefix: str, *, delimiter: str | None = None,
+              start_after: str | None = None) -> Iterator[dict[str, Any]]: ...
+
+    def _call(self, operation: str, object_key: str, **params: Any) -> Any: ...
+
+    def _failure(self, operation: str, object_key: str, exc: ClientError) -> S3AccessError: ...
 
 HEADER = "Idempotency-Key"
 KEY_META = "amfs-idempotency-key"
@@ -107,7 +130,8 @@ def _cache_of(adapter: S3Adapter) -> _Cache:
         return cache
 
 
-def write_once(adapter: S3Adapter, entry: MemoryEntry, key: str | None
+def write_once(adapter: S3Adapter, entry: MemoryEntry, key: str | None, *,
+               known_version: int | None = None, wait_for_journal: bool = False,
                ) -> tuple[MemoryEntry, Change]:
     """``adapter.write_with_change(entry)``, unless a write with idempotency *key*
     already made a version of this entry: then that version, unchanged.
@@ -117,7 +141,8 @@ def write_once(adapter: S3Adapter, entry: MemoryEntry, key: str | None
     twice; they cannot take a missing one).
     """
     if key is None:
-        return adapter.write_with_change(entry)
+        return adapter.write_with_change(
+            entry, known_version=known_version, wait_for_journal=wait_for_journal)
     validate_idempotency_key(key)
     name = (entry.entity_path, entry.key, key)
     digest = request_digest(entry)
@@ -132,11 +157,12 @@ def write_once(adapter: S3Adapter, entry: MemoryEntry, key: str | None
         _same_request(stored_digest, digest, name, version)
         previous = adapter.read_at_version(entry.entity_path, entry.key, version)
         if previous is not None:
-            change = adapter._journal_write(previous)
+            change = adapter._journal_write(previous, wait=wait_for_journal)
             cache.put(name, _Remembered(digest, previous, change, time.monotonic()))
             return previous, change
     written, change = adapter.write_with_change(
-        entry, metadata={KEY_META: key, DIGEST_META: digest})
+        entry, known_version=known_version, wait_for_journal=wait_for_journal,
+        metadata={KEY_META: key, DIGEST_META: digest})
     cache.put(name, _Remembered(digest, written, change, time.monotonic()))
     return written, change
 

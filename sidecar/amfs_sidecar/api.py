@@ -16,6 +16,7 @@ import base64
 import binascii
 import builtins
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -480,7 +481,13 @@ async def write_entry(request: web.Request) -> web.Response:
     # streams in order (concurrent writes would publish 14 before 13), and they
     # do not race each other for the next version number on S3.
     async with ctx.write_locks.hold((entry.entity_path, entry.key)):
-        written, change = await ctx.offload(write_once, ctx.adapter, entry, idempotency_key)
+        # The index knows the current version, so the write is one version PUT
+        # and the journal PUT: no LIST (a stale index costs a 412 and a LIST). The
+        # 201 waits for the journal record: other pods hear of what it acknowledges.
+        known = ctx.index.current(entry.entity_path, entry.key)
+        written, change = await ctx.offload(functools.partial(
+            write_once, ctx.adapter, entry, idempotency_key,
+            known_version=known if known or ctx.index.synced else None, wait_for_journal=True))
         body = encode_entry(written)
         ctx.index.observe(written.entity_path, written.key, written.version)
         ctx.cache.put(written, body)
@@ -650,7 +657,8 @@ async def commit_outcome(request: web.Request) -> web.Response:
         record = outcome.to_record()
     validate_outcome_ref(record.outcome_ref)
     _check_size(record.model_dump_json().encode(), ctx.max_entry_bytes)
-    updated, changes = await ctx.offload(ctx.adapter.commit_outcome_with_changes, record)
+    updated, changes = await ctx.offload(functools.partial(
+        ctx.adapter.commit_outcome_with_changes, record, wait_for_journal=True))
     ctx.index.add_outcome()
     bodies: dict[tuple[str, str, int], bytes] = {}
     for entry in updated:

@@ -207,6 +207,7 @@ class Sidecar:
             request_observer=self.metrics.count_s3_request,
             writer_id=cfg.writer_id,
             max_workers=cfg.workers,
+            body_cache_bytes=0,  # the sidecar's own ValueCache holds what it serves
             **cfg.adapter_options,
         )
         index = EntryIndex()

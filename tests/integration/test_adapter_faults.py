@@ -16,6 +16,8 @@ VERSION_PUT = "/entries/svc/cfg/v"
 
 
 def adapter_via(proxy: FaultProxy, bucket: str, **kwargs: object) -> S3Adapter:
+    # Reads must reach S3 for its faults to matter: no bytes held from our own writes.
+    kwargs.setdefault("body_cache_bytes", 0)
     return S3Adapter(bucket, endpoint_url=proxy.url, aws_access_key_id="testing",
                      aws_secret_access_key="testing", **kwargs)  # type: ignore[arg-type]
 

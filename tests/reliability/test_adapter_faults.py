@@ -44,6 +44,8 @@ FAULTS: dict[str, dict[str, Any]] = {
 
 def adapter_via(proxy: FaultProxy | str, bucket: str, **kwargs: Any) -> S3Adapter:
     endpoint = proxy.url if isinstance(proxy, FaultProxy) else proxy
+    # Reads must reach S3 for its faults to matter: no bytes held from our own writes.
+    kwargs.setdefault("body_cache_bytes", 0)
     adapter = S3Adapter(bucket, endpoint_url=endpoint, aws_access_key_id="testing",
                         aws_secret_access_key="testing", **kwargs)
     return adapter
@@ -96,6 +98,7 @@ def test_a_transient_fault_on_a_write_is_retried_and_the_write_lands_once(
     rule = fault_proxy.add(method="PUT", path_contains=path, **FAULTS[fault])
 
     written = adapter.write(make_entry("svc", "cfg", {"fault": fault}))
+    assert adapter.drain_journal(30)  # the journal record goes out in the background
 
     assert rule.fired == 1
     assert written.version == 1

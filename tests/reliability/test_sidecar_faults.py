@@ -493,6 +493,7 @@ async def test_a_resumed_stream_gets_nothing_twice_from_a_fresh_sidecars_first_p
         events = EventReader(response)
         await events.comment("connected")
         new = other_pod.write(make_entry("svc", "new", "after it"))
+        assert other_pod.drain_journal(30)  # its journal record is out before the poke
         running.loop.call_soon_threadsafe(running.sidecar.sync.poke)
         got = await events.next()
 
