@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from amfs_s3 import config as amfs_config
 from amfs_s3.config import S3Settings
 from amfs_s3.exceptions import ConfigError
-from amfs_sidecar import logs
+from amfs_sidecar import check_storage, logs
 from amfs_sidecar.logs import fields
 from amfs_sidecar.server import (
     DEFAULT_METRICS_PORT,
@@ -53,7 +53,8 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="amfs-sidecar",
-        description="AMFS memory on S3 for the agents of one pod, over a Unix-socket HTTP API.",
+        description="AMFS memory on S3 for the agents of one pod, over a Unix-socket HTTP API. "
+                    "`amfs-sidecar check-storage --help`: check an S3 provider first.",
     )
     p.add_argument("--config", type=Path, default=env.get(amfs_config.ENV_CONFIG_FILE) or None,
                    help="AMFS YAML file (env AMFS_CONFIG); without it, AMFS_S3_* env variables")
@@ -248,6 +249,9 @@ async def _serve(sidecar: Sidecar, on_started: Any = None) -> None:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [check_storage.COMMAND]:
+        return check_storage.main(argv[1:], env)
     parser = build_parser(env)
     args = parser.parse_args(argv)
     _check_positive(args, parser)
