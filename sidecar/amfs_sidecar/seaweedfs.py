@@ -37,8 +37,6 @@ LOOPBACK = "127.0.0.1"
 # default (free disk / volume size) allowed 77 buckets on the CI disk. Volumes are
 # not preallocated, so a high limit costs no disk until used.
 DEFAULT_VOLUME_MAX = 10_000
-# Small volumes: a test bucket holds kilobytes, and a smaller limit spreads no further.
-VOLUME_SIZE_LIMIT_MB = 64
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 # Every listening port `weed mini -h` lists, apart from those turned off below. The
@@ -134,7 +132,6 @@ def mini_command(binary: Path, data_dir: Path, socket_dir: Path, ports: dict[str
         *(f"-{flag}={port}" for flag, port in ports.items()),
         *DISABLED,
         f"-volume.max={volume_max}",
-        f"-master.volumeSizeLimitMB={VOLUME_SIZE_LIMIT_MB}",
         f"-s3.config={data_dir / CONFIG_FILE}",
         # Unix sockets default to /tmp/seaweedfs-*-<port>.sock and would be left behind.
         f"-filer.localSocket={socket_dir / 'filer.sock'}",
