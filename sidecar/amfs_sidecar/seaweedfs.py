@@ -99,18 +99,19 @@ class Identity:
         return cls(f"amfs{secrets.token_hex(8)}", secrets.token_urlsafe(30))
 
 
-def s3_config(identity: Identity) -> dict[str, object]:
-    """SeaweedFS's S3 identity file: one identity allowed everything in every bucket."""
+def s3_config(identities: Sequence[Identity]) -> dict[str, object]:
+    """SeaweedFS's S3 identity file: each identity allowed everything in every bucket."""
     return {"identities": [{
-        "name": "amfs",
+        "name": f"amfs-{number}",
         "credentials": [{"accessKey": identity.access_key, "secretKey": identity.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}
+    } for number, identity in enumerate(identities)]}
 
 
-def load_or_create_identity(data_dir: Path, wanted: Identity | None = None) -> Identity:
-    """The identity in *data_dir*'s ``s3.json``, else *wanted* (else a new one) written
-    there, so a restarted server over the same data keeps its keys."""
+def load_or_create_identity(data_dir: Path, wanted: Identity | None = None,
+                            others: Sequence[Identity] = ()) -> Identity:
+    """The first identity in *data_dir*'s ``s3.json``; without that file, *wanted* (else
+    a new one) and *others* are written there, so a restarted server keeps its keys."""
     path = data_dir / CONFIG_FILE
     if path.exists():
         credentials = json.loads(path.read_text())["identities"][0]["credentials"][0]
@@ -118,7 +119,7 @@ def load_or_create_identity(data_dir: Path, wanted: Identity | None = None) -> I
     identity = wanted or Identity.generate()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as out:
-        json.dump(s3_config(identity), out)
+        json.dump(s3_config([identity, *others]), out)
     return identity
 
 
@@ -181,17 +182,18 @@ class SeaweedFS:
 
 
 def start_seaweedfs(data_dir: Path, *, identity: Identity | None = None,
-                    volume_max: int = DEFAULT_VOLUME_MAX,
+                    others: Sequence[Identity] = (), volume_max: int = DEFAULT_VOLUME_MAX,
                     timeout: float = START_TIMEOUT,
                     extra_args: Sequence[str] = ()) -> SeaweedFS:
     """Start ``weed mini`` over *data_dir* (created if missing) and wait until S3 answers.
 
-    *identity* is used when *data_dir* holds none yet; otherwise the stored one is kept.
+    *identity* (and *others*, further keys it accepts) are used when *data_dir* holds no
+    identity file yet; otherwise the stored ones are kept.
     """
     binary = weed_binary()
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    identity = load_or_create_identity(data_dir, identity)
+    identity = load_or_create_identity(data_dir, identity, others)
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
     # Short, private and outside data_dir: Unix socket paths are limited to ~107 bytes.
     socket_dir = Path(tempfile.mkdtemp(prefix="amfs-weed-", dir="/tmp"))
