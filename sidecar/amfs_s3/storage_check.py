@@ -85,7 +85,7 @@ class Probe:
                 return None
             raise
 
-    def list(self, prefix: str, **params: Any) -> dict[str, Any]:
+    def listing(self, prefix: str, **params: Any) -> dict[str, Any]:
         return dict(self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **params))
 
     def cleanup(self) -> list[str]:
@@ -183,7 +183,7 @@ def check_list_after_write(probe: Probe) -> Verdict:
     for round_ in range(CONSISTENCY_ROUNDS):
         key = f"{folder}{round_}"
         probe.put(key)
-        listed = [obj["Key"] for obj in probe.list(folder).get("Contents", [])]
+        listed = [obj["Key"] for obj in probe.listing(folder).get("Contents", [])]
         if key not in listed:
             return Verdict(Status.FAIL, f"a listing right after PUT missed the new "
                                                   f"object (round {round_ + 1})")
@@ -196,7 +196,7 @@ def check_delimiter_listing(probe: Probe) -> Verdict:
     folder = probe.key("tree/")
     for key in ("a/1", "a/2", "b", "c/d/e"):
         probe.put(folder + key)
-    page = probe.list(folder, Delimiter="/")
+    page = probe.listing(folder, Delimiter="/")
     contents = [obj["Key"][len(folder):] for obj in page.get("Contents", [])]
     prefixes = [p["Prefix"][len(folder):] for p in page.get("CommonPrefixes", [])]
     if contents == ["b"] and prefixes == ["a/", "c/"]:
@@ -211,7 +211,7 @@ def check_start_after(probe: Probe) -> Verdict:
     names = ["0001", "0002", "0010", "0100"]
     for key in names:
         probe.put(folder + key)
-    page = probe.list(folder, StartAfter=folder + "0002")
+    page = probe.listing(folder, StartAfter=folder + "0002")
     listed = [obj["Key"][len(folder):] for obj in page.get("Contents", [])]
     if listed == ["0010", "0100"]:
         return Verdict(Status.OK, "StartAfter skips to the next key, in byte order")
@@ -228,7 +228,7 @@ def _round_trip(probe: Probe, key: str) -> str | None:
     if probe.get(key) is None:
         return "PUT accepted but the object cannot be read back"
     parent = key.rsplit("/", 1)[0] + "/"
-    if key not in [obj["Key"] for obj in probe.list(parent).get("Contents", [])]:
+    if key not in [obj["Key"] for obj in probe.listing(parent).get("Contents", [])]:
         return "PUT accepted but the object is not listed"
     return None
 
