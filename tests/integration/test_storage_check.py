@@ -43,7 +43,7 @@ def test_every_check_passes_and_nothing_is_left_behind(
     assert all_keys(s3_client, bucket) == []
 
 
-def test_seaweedfs_aliases_backslash_and_refuses_a_256_byte_segment(
+def test_backslash_aliasing_and_256_byte_segments_are_reported_as_the_provider_does(
     s3_provider: S3Server, bucket: str, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """What the layout's escaping and 255-byte bound exist for, seen by the check."""
