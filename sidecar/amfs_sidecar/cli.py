@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from amfs_s3 import config as amfs_config
 from amfs_s3.config import S3Settings
 from amfs_s3.exceptions import ConfigError
-from amfs_sidecar import logs
+from amfs_sidecar import check_storage, logs
 from amfs_sidecar.connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT
 from amfs_sidecar.fdbudget import DEFAULT_MAX_CONNECTIONS
 from amfs_sidecar.logs import fields
@@ -55,7 +55,8 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="amfs-sidecar",
-        description="AMFS memory on S3 for the agents of one pod, over a Unix-socket HTTP API.",
+        description="AMFS memory on S3 for the agents of one pod, over a Unix-socket HTTP API. "
+                    "`amfs-sidecar check-storage --help`: check an S3 provider first.",
     )
     p.add_argument("--config", type=Path, default=env.get(amfs_config.ENV_CONFIG_FILE) or None,
                    help="AMFS YAML file (env AMFS_CONFIG); without it, AMFS_S3_* env variables")
@@ -111,8 +112,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--agent-id", default=env.get(ENV_AGENT_ID) or None, metavar="ID",
                    help="agent_id recorded for writes and outcomes that name none and send no "
                         f"X-AMFS-Agent-Id header (env {ENV_AGENT_ID}; default: the hostname)")
-    p.add_argument("--embedded-s3", action="store_true",
-                   help="start an in-memory S3 (moto) on loopback: for trying things out")
+    p.add_argument("--embedded-s3", nargs="?", const="seaweedfs", default=None,
+                   choices=("seaweedfs", "moto"), metavar="seaweedfs|moto",
+                   help="start an S3 server on loopback, for trying things out: SeaweedFS "
+                        "(the default) keeps the memory in ./.run/seaweedfs across restarts; "
+                        "--embedded-s3=moto keeps it in memory only")
     p.add_argument("--heartbeat-seconds", type=float, default=15.0,
                    help="idle watch streams get a comment line this often")
     p.add_argument("--credentials-check-seconds", type=float, default=5.0,
@@ -243,6 +247,34 @@ def try_commands(socket_path: Path) -> str:
     ])
 
 
+def start_embedded(provider: str) -> Any:
+    """``--embedded-s3``: start the server, saying what it is and where its data lives."""
+    try:
+        from amfs_sidecar.embedded_s3 import start_embedded_s3, starting_line
+        from amfs_sidecar.seaweedfs import SeaweedFSError
+    except ImportError as exc:
+        raise ConfigError(
+            f"--embedded-s3 needs the test extra ({exc.name} is missing): "
+            "pip install -e '.[test]', or run `make run`, which installs it"
+        ) from None
+    print(starting_line(provider), flush=True)
+    try:
+        return start_embedded_s3(provider)
+    except (SeaweedFSError, ImportError) as exc:
+        raise ConfigError(f"--embedded-s3={provider}: {exc}") from None
+
+
+def embedded_bucket(embedded: Any, settings: S3Settings | None) -> S3Settings:
+    from amfs_sidecar.embedded_s3 import embedded_settings
+
+    settings, created = embedded_settings(embedded, settings)
+    print(f"S3 endpoint {embedded.endpoint_url}, bucket {settings.bucket!r} "
+          + ("created." if created else "kept from the last run."), flush=True)
+    for line in embedded.data_lines():
+        print(line, flush=True)
+    return settings
+
+
 async def _serve(sidecar: Sidecar, on_started: Any = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -270,6 +302,9 @@ async def _serve(sidecar: Sidecar, on_started: Any = None) -> None:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [check_storage.COMMAND]:
+        return check_storage.main(argv[1:], env)
     parser = build_parser(env)
     args = parser.parse_args(argv)
     _check_positive(args, parser)
@@ -278,20 +313,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         settings = load_settings(args, env)
         if args.embedded_s3:
-            try:
-                from amfs_sidecar.embedded_s3 import embedded_settings, start_embedded_s3
-            except ImportError as exc:
-                raise ConfigError(
-                    f"--embedded-s3 needs moto's server ({exc.name} is missing): "
-                    "pip install 'moto[server]', or run `make run`, which installs it"
-                ) from None
-
-            print("Starting an embedded S3 server (moto, in memory) on 127.0.0.1 ...",
-                  flush=True)
-            embedded = start_embedded_s3()
-            settings = embedded_settings(embedded, settings)
-            print(f"S3 endpoint {embedded.endpoint_url}, bucket {settings.bucket!r} created.",
-                  flush=True)
+            embedded = start_embedded(args.embedded_s3)
+            settings = embedded_bucket(embedded, settings)
         assert settings is not None
         config = sidecar_config(args, with_overrides(settings, args), env)
 
@@ -313,5 +336,5 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     finally:
         if embedded is not None:
             embedded.stop()
-            print("Embedded S3 stopped; its data is gone.", flush=True)
+            print(embedded.stopped_line(), flush=True)
     return 0

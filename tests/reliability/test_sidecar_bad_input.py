@@ -31,7 +31,7 @@ from amfs_s3.config import S3Settings
 from amfs_s3.layout import Layout
 from amfs_sidecar.client import SidecarAdapter
 from amfs_sidecar.openapi import OPERATIONS
-from tests.fixtures.s3 import TEST_CREDENTIALS, all_keys
+from tests.fixtures.s3 import TEST_CREDENTIALS, all_keys, delete_bucket
 from tests.fixtures.sidecar import RunningSidecar, short_socket_dir, sidecar_config, start_sidecar
 from tests.reliability.test_adapter_bad_input import (
     assert_identical,
@@ -143,6 +143,7 @@ def shared(s3_endpoint: str) -> Iterator[Shared]:
     finally:
         running.stop()
         shutil.rmtree(directory, ignore_errors=True)
+        delete_bucket(s3, bucket)
 
 
 @pytest.fixture

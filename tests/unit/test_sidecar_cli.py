@@ -57,6 +57,31 @@ def test_embedded_s3_defaults_to_the_run_directory() -> None:
     assert "--unix-socket .run/amfs.sock" in cli.try_commands(config.socket_path)
 
 
+@pytest.mark.parametrize(("argv", "provider"), [
+    (["--embedded-s3"], "seaweedfs"), (["--embedded-s3=seaweedfs"], "seaweedfs"),
+    (["--embedded-s3=moto"], "moto"), ([], None),
+])
+def test_embedded_s3_is_seaweedfs_unless_moto_is_asked_for(argv: list[str],
+                                                           provider: str | None) -> None:
+    assert cli.build_parser(ENV).parse_args(argv).embedded_s3 == provider
+
+
+def test_embedded_s3_refuses_an_unknown_provider(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser(ENV).parse_args(["--embedded-s3=minio"])
+    assert "invalid choice: 'minio'" in capsys.readouterr().err
+
+
+def test_check_storage_is_a_subcommand_with_its_own_flags(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check-storage", "--help"], env={})
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: amfs-sidecar check-storage" in out and "--bucket" in out
+
+
 @pytest.mark.parametrize(("value", "expected"), [
     ("127.0.0.1:8741", ("127.0.0.1", 8741)), ("localhost:1", ("localhost", 1)),
     ("[::1]:80", ("::1", 80)),

@@ -63,6 +63,9 @@ def write_credentials(directory: Path, key: dict[str, str]) -> None:
         os.replace(temporary, directory / name)
 
 
+@pytest.mark.moto_only(reason="rotates between two IAM access keys of one user: needs moto's "
+                       "IAM API and its process-wide authentication switch; the session's "
+                       "SeaweedFS has one static identity")
 def test_rotated_secret_files_are_used_without_restart(
     authenticating_s3: str, sidecar_factory: SidecarFactory, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
