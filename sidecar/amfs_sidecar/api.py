@@ -642,7 +642,7 @@ async def commit_outcome(request: web.Request) -> web.Response:
     validate_outcome_ref(record.outcome_ref)
     _check_size(record.model_dump_json().encode(), ctx.max_entry_bytes)
     updated, changes = await ctx.offload(ctx.adapter.commit_outcome_with_changes, record)
-    ctx.index.add_outcome()
+    ctx.index.add_outcome(record.outcome_ref)
     bodies: dict[tuple[str, str, int], bytes] = {}
     for entry in updated:
         body = encode_entry(entry)

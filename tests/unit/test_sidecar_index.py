@@ -97,3 +97,13 @@ def test_versions_are_counted_exactly_whatever_order_they_arrive_in() -> None:
     assert (index.current("svc", "k"), index.count("versions")) == (5, 5)
     index.observe("other", "k", 2)  # first seen at v2: v1 exists too
     assert index.count("versions") == 7
+
+
+def test_outcomes_added_during_a_listing_are_counted_once() -> None:
+    index = EntryIndex()
+    mark = index.mark()
+    index.add_outcome("seen-by-listing")
+    index.add_outcome("after-listing")
+    index.add_outcome("after-listing")  # the same record again
+    index.set_outcomes(2, listed={"old", "seen-by-listing"}, since=mark)
+    assert index.count("outcomes") == 3
