@@ -14,9 +14,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from amfs_core.models import MemoryEntry
 
+from amfs_s3.adapter import S3Adapter
 from amfs_s3.config import S3Settings
+from amfs_s3.index_store import IndexStore
 from amfs_s3.layout import Layout
+from amfs_s3.snapshot import Lease, decode_lease, lease_key, parse_lease_key
+from amfs_sidecar.sync import LEASE_CLOCK_MARGIN_MS, LEASE_INTERVALS
 from tests.fixtures.s3 import all_keys
 from tests.fixtures.s3_proxy import FaultProxy
 from tests.fixtures.sidecar import (
@@ -184,3 +189,166 @@ async def test_the_lease_holder_trims_the_journal(
         snapshots = [k for k in all_keys(s3_client, settings.bucket, LAYOUT.index_root)
                      if k.endswith(".json.gz")]
         assert 1 <= len(snapshots) <= 2
+
+
+# -- the load test's failure, the lease's death, the journal's trim ------------------
+
+
+def slow_writer(settings: S3Settings) -> S3Adapter:
+    """Another writer, whose journal PUT the test holds back by simply not calling it."""
+    return S3Adapter(settings.bucket, endpoint_url=settings.endpoint_url,
+                     region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing", writer_id="slow-writer")
+
+
+def stored_entry(entity: str, key: str, version: int, value: Any) -> bytes:
+    return json.dumps({"entity_path": entity, "key": key, "version": version, "value": value,
+                       "provenance": {"agent_id": "slow", "session_id": "s",
+                                      "written_at": "2026-01-01T00:00:00Z"}}).encode()
+
+
+async def test_a_scan_during_a_writers_journal_put_streams_the_write_once(
+    sidecar_factory: SidecarFactory, settings: S3Settings, s3_client: Any,
+) -> None:
+    """The 64-client load test's failure, deterministic: the holder's scan lists a
+    version whose writer has PUT it but not yet its journal record. Before the fix
+    the scan journalled and streamed it itself, and the record then streamed it
+    again (after later versions, under load: out of order)."""
+    quiet = settings.model_copy(update={"resync_interval": 3600.0})  # only our own scan
+    holder = sidecar_factory("holder", settings=quiet)
+    sync = holder.sidecar.sync
+    assert sync is not None and sync.lease is not None
+    writer = slow_writer(quiet)
+    try:
+        async with holder.session() as s, open_stream(s, "*") as events:
+            s3_client.put_object(Bucket=quiet.bucket, Key=LAYOUT.version_key("inflight", "k", 1),
+                                 Body=stored_entry("inflight", "k", 1, "in flight"))
+            holder.call(sync.maintain)  # the scan lands between the writer's two PUTs
+            writer.record_found_version("inflight", "k", 1)  # its journal record lands
+            writer.write_with_change(MemoryEntry.model_validate(json.loads(
+                stored_entry("sentinel", "k", 1, "after"))))
+            seen: list[tuple[str, int]] = []
+            while ("sentinel", 1) not in seen:
+                event = await events.next(timeout=10)
+                seen.append((event.data["entity_path"], event.data["version"]))
+        assert seen == [("inflight", 1), ("sentinel", 1)]
+    finally:
+        writer.close()
+
+
+async def test_a_version_left_without_a_record_is_journalled_by_a_later_scan(
+    sidecar_factory: SidecarFactory, settings: S3Settings, s3_client: Any,
+) -> None:
+    """What the settle window leaves to the journal is not lost when no record comes."""
+    quiet = settings.model_copy(update={"resync_interval": 3600.0})
+    holder = sidecar_factory("holder", settings=quiet)
+    sync = holder.sidecar.sync
+    assert sync is not None
+    async with holder.session() as s, open_stream(s, "*") as events:
+        s3_client.put_object(Bucket=quiet.bucket, Key=LAYOUT.version_key("orphan", "k", 1),
+                             Body=stored_entry("orphan", "k", 1, "no record"))
+        holder.call(sync.maintain)  # too young: left to the journal
+        assert sync.index.current("orphan", "k") == 0
+        journal_before = all_keys(s3_client, quiet.bucket, LAYOUT.journal_root)
+        sync.settle_ms = 0  # as if the window had passed: the next scan judges it
+        holder.call(sync.maintain)
+        event = await events.next(timeout=10)
+    assert (event.data["entity_path"], event.data["value"]) == ("orphan", "no record")
+    assert sync.index.current("orphan", "k") == 1
+    found = set(all_keys(s3_client, quiet.bucket, LAYOUT.journal_root)) - set(journal_before)
+    assert len(found) == 1  # published as a journal record, for every other sidecar
+
+
+async def test_journal_puts_failing_reach_other_sidecars_streams_by_the_scan(
+    sidecar_factory: SidecarFactory, settings: S3Settings, fault_proxy: FaultProxy,
+) -> None:
+    watcher = sidecar_factory("watcher", settings=settings)  # first: the lease holder
+    assert watcher.sidecar.sync is not None and watcher.sidecar.sync.lease is not None
+    failing = fault_proxy.add(method="PUT", path_contains="/journal/", status=503, times=-1)
+    writer = sidecar_factory("writer", settings=settings.model_copy(
+        update={"endpoint_url": fault_proxy.url}))
+    async with watcher.session() as ws, writer.session() as vs, \
+            open_stream(ws, "*") as events:
+        status, written = await post(vs, "/api/v1/entries", body("unjournalled", "k", "lost"))
+        assert status == 201, written
+        assert failing.fired >= 1  # its journal record never reached S3
+        sync = watcher.sidecar.sync
+        event = await events.next(
+            timeout=sync.settle_ms / 1000 + INTERVAL * 3 + settings.poll_interval + 2.0)
+        assert (event.event, event.data["value"]) == ("write", "lost")
+        status, read = await get(ws, "/api/v1/entries/unjournalled/k")
+        assert (status, read["value"]) == (200, "lost")
+
+
+async def test_a_dead_holders_lease_is_taken_over_when_it_expires(
+    sidecar_factory: SidecarFactory, settings: S3Settings, s3_client: Any, socket_dir: Any,
+    sidecar_processes: list[SidecarProcess],
+) -> None:
+    victim = spawn_sidecar(settings, socket_dir / "victim.sock")
+    sidecar_processes.append(victim)
+
+    def newest_lease() -> Lease | None:
+        terms = sorted(t for k in all_keys(s3_client, settings.bucket, LAYOUT.index_root)
+                       if (t := parse_lease_key(LAYOUT, k)) is not None)
+        if not terms:
+            return None
+        body_ = s3_client.get_object(Bucket=settings.bucket,
+                                     Key=lease_key(LAYOUT, terms[-1]))["Body"].read()
+        return decode_lease(terms[-1], body_)
+
+    first = await await_until(newest_lease, message="the victim takes the lease")
+    heir = sidecar_factory("heir", settings=settings)
+    assert heir.sidecar.sync is not None
+    heir_id = heir.sidecar.sync.adapter.writer_id
+    assert first.holder != heir_id and heir.sidecar.sync.lease is None
+    os.kill(victim.process.pid, signal.SIGKILL)
+    victim.process.wait(10)
+    lease_ms = LEASE_INTERVALS * INTERVAL * 1000 + LEASE_CLOCK_MARGIN_MS
+    taken = await await_until(
+        lambda: (lease := newest_lease()) is not None and lease.holder == heir_id,
+        timeout=(lease_ms / 1000) + INTERVAL * 3 + 5, message="the heir takes the lease")
+    assert taken
+    assert heir.sidecar.sync.lease is not None
+
+    def snapshot_by_heir() -> bool:
+        newest = IndexStore(heir.sidecar.sync.adapter).listing().newest_snapshot
+        snapshot = None if newest is None else heir.sidecar.sync.store.read_snapshot(newest)
+        return snapshot is not None and snapshot.writer == heir_id
+
+    await await_until(snapshot_by_heir, timeout=INTERVAL * 5, message="the heir snapshots")
+
+
+async def test_trim_never_deletes_records_newer_than_the_snapshot_minus_the_look_back(
+    sidecar_factory: SidecarFactory, settings: S3Settings, s3_client: Any,
+) -> None:
+    quiet = settings.model_copy(update={"resync_interval": 3600.0})
+    holder = sidecar_factory("holder", settings=quiet)
+    sync = holder.sidecar.sync
+    assert sync is not None and sync.lease is not None
+    newest = sync.store.listing().newest_snapshot
+    assert newest is not None
+    horizon = newest - sync.lookback_ms  # what the next maintain may trim before
+    planted = {ms: LAYOUT.journal_key(ms, "planted", n)
+               for n, ms in enumerate((horizon - 60_000, horizon - 1, horizon, horizon + 1,
+                                       newest))}
+    for journal_key in planted.values():
+        s3_client.put_object(Bucket=quiet.bucket, Key=journal_key, Body=json.dumps(
+            {"kind": "outcome", "written_at_ms": 0, "outcome_ref": "none"}).encode())
+    holder.call(sync.maintain)
+    kept = set(all_keys(s3_client, quiet.bucket, LAYOUT.journal_root))
+    assert {ms for ms, k in planted.items() if k in kept} == {horizon, horizon + 1, newest}
+
+
+def test_the_store_trims_exactly_what_is_older_than_asked(
+    settings: S3Settings, s3_client: Any,
+) -> None:
+    adapter = slow_writer(settings)
+    try:
+        keys = [LAYOUT.journal_key(ms, "w", n) for n, ms in enumerate(
+            [1_000, 1_999, 2_000, 2_001, 9_999_999_999_999])]
+        for journal_key in keys:
+            s3_client.put_object(Bucket=settings.bucket, Key=journal_key, Body=b"{}")
+        assert IndexStore(adapter).trim_journal(2_000) == 2
+        assert all_keys(s3_client, settings.bucket, LAYOUT.journal_root) == keys[2:]
+    finally:
+        adapter.close()
