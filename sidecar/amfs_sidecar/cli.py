@@ -124,6 +124,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    default=DEFAULT_WRITE_TIMEOUT_SECONDS, metavar="SECONDS",
                    help="a watch client that reads nothing for this long is disconnected "
                         f"(default {DEFAULT_WRITE_TIMEOUT_SECONDS:g})")
+    p.add_argument("--index-snapshot", choices=("on", "off"), default="on",
+                   help="off: no lease, no snapshot, no journal trim; every sidecar lists "
+                        "all of entries/ at start and every resync interval (the design "
+                        "before the snapshot, kept for comparison; default on)")
     return p
 
 
@@ -201,6 +205,7 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         allow_insecure_socket_dir=args.allow_insecure_socket_dir,
         stream_queue_bytes=args.stream_queue_bytes,
         stream_write_timeout=args.stream_write_timeout,
+        index_snapshot=args.index_snapshot == "on",
     )
 
 

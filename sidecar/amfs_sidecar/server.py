@@ -75,6 +75,7 @@ class SidecarConfig:
     allow_insecure_socket_dir: bool = False
     stream_queue_bytes: int = DEFAULT_QUEUE_BYTES
     stream_write_timeout: float = DEFAULT_WRITE_TIMEOUT_SECONDS
+    index_snapshot: bool = True  # False: every sidecar scans entries/ (bench comparison)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -203,6 +204,7 @@ class Sidecar:
             poll_interval=adapter.settings.poll_interval,
             resync_interval=adapter.settings.resync_interval,
             lookback_ms=cfg.lookback_ms,
+            index_snapshot=cfg.index_snapshot,
         )
         self.metrics.bind_objects(index.count)
         self.metrics.bind_watchers(lambda: len(hub))

@@ -76,6 +76,7 @@ class Synchronizer:
         poll_interval: float,
         resync_interval: float,
         lookback_ms: int = DEFAULT_LOOKBACK_MS,
+        index_snapshot: bool = True,
     ) -> None:
         self.adapter = adapter
         self.index = index
@@ -86,6 +87,7 @@ class Synchronizer:
         self.poll_interval = poll_interval
         self.resync_interval = resync_interval
         self.lookback_ms = lookback_ms
+        self.index_snapshot = index_snapshot
         # How old a version must be before a scan may call it journal-less: its
         # writer's journal PUT and two of our polls fit in it, with a second for
         # LastModified's resolution.
@@ -172,8 +174,11 @@ class Synchronizer:
                 "provider ignores If-None-Match: concurrent writers may overwrite each other",
                 extra=fields(bucket=self.adapter.settings.bucket),
             )
-        listing: IndexListing = await self.offload(self.store.listing)
-        snapshot = await self._newest_snapshot(listing)
+        snapshot: IndexSnapshot | None = None
+        listing = IndexListing()
+        if self.index_snapshot:
+            listing = await self.offload(self.store.listing)
+            snapshot = await self._newest_snapshot(listing)
         if snapshot is not None:
             await self._start_from_snapshot(snapshot)
         else:
@@ -224,6 +229,9 @@ class Synchronizer:
                        scan_anyway: bool = False) -> None:
         """The periodic look at ``index/``: take or renew the lease, and if it is
         ours, scan, journal what only the scan found, snapshot, trim."""
+        if not self.index_snapshot:
+            await self.scan()  # every sidecar for itself, as before the snapshot
+            return
         if listing is None:
             listing = await self.offload(self.store.listing)
         current = await self.offload(self.store.read_lease, listing)
