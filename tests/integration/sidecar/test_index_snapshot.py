@@ -352,3 +352,21 @@ def test_the_store_trims_exactly_what_is_older_than_asked(
         assert all_keys(s3_client, settings.bucket, LAYOUT.journal_root) == keys[2:]
     finally:
         adapter.close()
+
+
+async def test_with_the_snapshot_off_a_sidecar_lists_entries_and_writes_no_index(
+    sidecar_factory: SidecarFactory, settings: S3Settings, s3_client: Any,
+) -> None:
+    """``--index-snapshot=off``: the design before the snapshot, kept for the bench."""
+    s3_client.put_object(Bucket=settings.bucket, Key=LAYOUT.version_key("pre", "k", 1),
+                         Body=stored_entry("pre", "k", 1, "before start"))
+    running = sidecar_factory("off", settings=settings.model_copy(
+        update={"resync_interval": 3600.0}), index_snapshot=False)
+    sync = running.sidecar.sync
+    assert sync is not None
+    assert sync.index.current("pre", "k") == 1  # found by its own listing at start
+    async with running.session() as s:
+        assert (await post(s, "/api/v1/entries", body("svc", "k", 1)))[0] == 201
+    running.call(sync.maintain)
+    assert sync.lease is None
+    assert all_keys(s3_client, settings.bucket, LAYOUT.index_root) == []
