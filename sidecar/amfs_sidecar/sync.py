@@ -104,6 +104,8 @@ class Synchronizer:
         self.lease: Lease | None = None
         # Outcome records stamped before this were counted by the snapshot.
         self._outcomes_counted_before_ms = 0
+        # Versions the last scan listed but left to the journal (too young to judge).
+        self._unsettled_tops: dict[tuple[str, str], tuple[int, int]] = {}
         metrics.bind_storage_clock_offset(lambda: adapter.clock.offset_seconds)
         metrics.bind_pending_journal_records(lambda: adapter.pending_journal_records)
 
@@ -274,6 +276,9 @@ class Synchronizer:
     def _snapshot(self, covers_ms: int) -> IndexSnapshot:
         entries = {(entity, key): (version, self.index.versions_of(entity, key))
                    for entity, key, version in self.index.names()}
+        for name, (top, versions) in self._unsettled_tops.items():
+            if top > entries.get(name, (0, 0))[0]:
+                entries[name] = (top, versions)
         return IndexSnapshot(covers_ms=covers_ms, writer=self.adapter.writer_id,
                              entries=entries, outcomes=self.index.count("outcomes"))
 
@@ -304,6 +309,11 @@ class Synchronizer:
                 if young:
                     unsettled[name] = young
         newer = self.index.replace(scanned, since=mark, unsettled=unsettled)
+        # The holder's index leaves them to the journal, but a snapshot must hold
+        # every version listed before covers_ms: a cold start reads the journal only
+        # from covers_ms minus the look-back, and such a record may be older.
+        self._unsettled_tops = {name: (max(scanned[name]), len(scanned[name]))
+                                for name in unsettled}
         refs: set[str] = await self.offload(self.adapter.outcome_refs)
         self.index.set_outcomes(len(refs), listed=refs, since=mark)
         if newer and self.index.synced:

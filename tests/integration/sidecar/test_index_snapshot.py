@@ -370,3 +370,27 @@ async def test_with_the_snapshot_off_a_sidecar_lists_entries_and_writes_no_index
     running.call(sync.maintain)
     assert sync.lease is None
     assert all_keys(s3_client, settings.bucket, LAYOUT.index_root) == []
+
+
+async def test_a_version_too_young_for_the_scan_is_still_in_the_snapshot(
+    sidecar_factory: SidecarFactory, settings: S3Settings, s3_client: Any,
+) -> None:
+    """The snapshot covers every version listed before covers_ms, settled or not: a
+    cold start reads the journal only from covers_ms minus the look-back, so a young
+    version left out of it could be missed if its record is older than that."""
+    quiet = settings.model_copy(update={"resync_interval": 3600.0})
+    holder = sidecar_factory("holder", settings=quiet)
+    sync = holder.sidecar.sync
+    assert sync is not None and sync.lease is not None
+    s3_client.put_object(Bucket=quiet.bucket, Key=LAYOUT.version_key("young", "k", 1),
+                         Body=stored_entry("young", "k", 1, "no record yet"))
+    holder.call(sync.maintain)
+    assert sync.index.current("young", "k") == 0  # left to the journal by the holder
+    newest = sync.store.listing().newest_snapshot
+    assert newest is not None
+    snapshot = sync.store.read_snapshot(newest)
+    assert snapshot is not None and snapshot.entries[("young", "k")] == (1, 1)
+    # A cold start from it knows the version without any journal record.
+    newcomer = sidecar_factory("newcomer", settings=quiet)
+    assert newcomer.sidecar.sync is not None
+    assert newcomer.sidecar.sync.index.current("young", "k") == 1
