@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -466,6 +467,7 @@ async def run(sizes: list[int], backend: str) -> dict[str, Any]:
             print(f"backend: {storage.name}", flush=True)
             per_size = [await measure_size(storage, size, socket_dir) for size in sizes]
         return {"backend": storage.name, "journal_since_snapshot": JOURNAL_SINCE,
+                "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
                 "poll_interval_seconds": DEFAULT_POLL_INTERVAL,
                 "resync_interval_seconds": DEFAULT_RESYNC_INTERVAL,
                 "sizes": {str(f["entries"]): f for f in per_size},

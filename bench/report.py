@@ -262,6 +262,8 @@ def render_cold_start(result: Result) -> list[str]:
     lines = [f"Backend: {figures['backend']}; {fmt(figures['journal_since_snapshot'])} journal "
              "records written after the snapshot; in-process sidecar, `Sidecar.start()` to "
              "ready.", ""]
+    if figures.get("note"):
+        lines += [f"Note: {figures['note']}.", ""]
     rows = []
     for size, f in sizes.items():
         old, new = f["designs"]["full_listing"], f["designs"]["snapshot"]

@@ -31,7 +31,7 @@ def encode_entry(entry: MemoryEntry) -> bytes:
     return entry.model_dump_json().encode("utf-8")[:-1] + b"," + extra[1:].encode("utf-8")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot:
     version: int
     versions: int
