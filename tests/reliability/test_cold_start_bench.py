@@ -3,19 +3,21 @@ buckets object by object). Counts only; its timings are the bench's business."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.cold_start import Storage, measure_size
-from tests.fixtures.sidecar import short_socket_dir
 
 pytestmark = pytest.mark.slow
 
 
 async def test_the_snapshot_start_costs_the_same_at_two_sizes_and_the_listing_does_not(
-    s3_endpoint: str,
+    s3_endpoint: str, socket_dir: Path,
 ) -> None:
     storage = Storage("moto", s3_endpoint, "testing", "testing")
-    small, large = (await measure_size(storage, n, short_socket_dir()) for n in (300, 1_300))
+    small = await measure_size(storage, 300, socket_dir)
+    large = await measure_size(storage, 1_300, socket_dir)
     old_small, old_large = (f["designs"]["full_listing"] for f in (small, large))
     new_small, new_large = (f["designs"]["snapshot"] for f in (small, large))
     # One more page of entries/ (500 → 1,500 objects) is one more LIST for the old design.
