@@ -104,6 +104,9 @@ class Synchronizer:
         self.lease: Lease | None = None
         # Outcome records stamped before this were counted by the snapshot.
         self._outcomes_counted_before_ms = 0
+        # Journal records stamped before this may be gone (the lease holder trims
+        # behind the previous snapshot): a stream resuming from before it must reset.
+        self.journal_trimmed_before_ms = 0
         # Versions the last scan listed but left to the journal (too young to judge).
         self._unsettled_tops: dict[tuple[str, str], tuple[int, int]] = {}
         metrics.bind_storage_clock_offset(lambda: adapter.clock.offset_seconds)
@@ -180,6 +183,7 @@ class Synchronizer:
         listing = IndexListing()
         if self.index_snapshot:
             listing = await self.offload(self.store.listing)
+            self._note_trim_horizon(listing)
             snapshot = await self._newest_snapshot(listing)
         if snapshot is not None:
             await self._start_from_snapshot(snapshot)
@@ -236,6 +240,7 @@ class Synchronizer:
             return
         if listing is None:
             listing = await self.offload(self.store.listing)
+        self._note_trim_horizon(listing)
         current = await self.offload(self.store.read_lease, listing)
         duration_ms = int(LEASE_INTERVALS * self.resync_interval * 1000) + LEASE_CLOCK_MARGIN_MS
         self.lease = await self.offload(functools.partial(
@@ -249,12 +254,20 @@ class Synchronizer:
             return
         await self.offload(self.store.write_snapshot, self._snapshot(covers_ms))
         written = IndexListing(sorted([*listing.snapshots, covers_ms]), listing.lease_terms)
+        self._note_trim_horizon(written)
         await self.offload(self.store.prune_snapshots, written)
         # One interval of journal is kept beyond the newest snapshot, so a sidecar
         # whose polls failed for a while still finds what it missed.
         previous = listing.newest_snapshot
         if previous is not None:
             await self.offload(self.store.trim_journal, previous - self.lookback_ms)
+
+    def _note_trim_horizon(self, listing: IndexListing) -> None:
+        """Where the holder trims with these snapshots: before the older of the two
+        newest, minus the look-back (see :meth:`maintain`)."""
+        if len(listing.snapshots) >= 2:
+            self.journal_trimmed_before_ms = max(
+                self.journal_trimmed_before_ms, listing.snapshots[-2] - self.lookback_ms)
 
     async def _catch_up_if_trimmed(self, listing: IndexListing) -> None:
         """A sidecar whose cursor is behind what the journal still holds re-reads

@@ -337,6 +337,8 @@ async def test_trim_never_deletes_records_newer_than_the_snapshot_minus_the_look
     holder.call(sync.maintain)
     kept = set(all_keys(s3_client, quiet.bucket, LAYOUT.journal_root))
     assert {ms for ms, k in planted.items() if k in kept} == {horizon, horizon + 1, newest}
+    # What streams are told may be gone (a resume from before it is a reset).
+    assert sync.journal_trimmed_before_ms == horizon
 
 
 def test_the_store_trims_exactly_what_is_older_than_asked(
