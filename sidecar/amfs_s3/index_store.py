@@ -73,6 +73,17 @@ class IndexStore:
                     (parsed.version, modified_ms))
         return found
 
+    def scan_outcomes(self) -> dict[str, int]:
+        """Every stored outcome's ref → LastModified ms, from listings alone."""
+        found: dict[str, int] = {}
+        for page in self.adapter._list(self.layout.outcomes_root):
+            for obj in page.get("Contents", []):
+                ref = self.layout.parse_outcome_key(obj["Key"])
+                if ref:
+                    modified = obj.get("LastModified")
+                    found[ref] = int(modified.timestamp() * 1000) if modified is not None else 0
+        return found
+
     def listing(self) -> IndexListing:
         snapshots: list[int] = []
         terms: list[int] = []

@@ -39,6 +39,9 @@ class IndexSnapshot:
     writer: str
     entries: Mapping[Name, tuple[int, int]]  # (entity, key) → (current version, versions)
     outcomes: int
+    # Refs of counted outcomes whose journal records a cold start may read again
+    # (from covers_ms minus the look-back on): it counts those once, not twice.
+    recent_outcomes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ def encode_snapshot(snapshot: IndexSnapshot) -> bytes:
         "covers_ms": snapshot.covers_ms,
         "writer": snapshot.writer,
         "outcomes": snapshot.outcomes,
+        "recent_outcomes": sorted(snapshot.recent_outcomes),
         "entries": [
             [entity, key, current, versions]
             for (entity, key), (current, versions) in sorted(snapshot.entries.items())
@@ -99,7 +103,9 @@ def decode_snapshot(object_key: str, body: bytes) -> IndexSnapshot:
             for entity, key, current, versions in doc["entries"]
         }
         return IndexSnapshot(covers_ms=int(doc["covers_ms"]), writer=str(doc["writer"]),
-                             entries=entries, outcomes=int(doc["outcomes"]))
+                             entries=entries, outcomes=int(doc["outcomes"]),
+                             recent_outcomes=frozenset(
+                                 str(ref) for ref in doc.get("recent_outcomes", [])))
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise AdapterError(f"index snapshot {object_key!r} is unreadable: {exc}") from None
 

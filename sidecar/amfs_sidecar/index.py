@@ -162,6 +162,18 @@ class EntryIndex:
                 count = len(listed) + len(late)
             self._outcomes = count
 
+    def seed_outcomes(self, refs: Iterable[str]) -> None:
+        """Outcomes already in the count (a snapshot's recent ones): a journal
+        record of one of them adds nothing."""
+        with self._lock:
+            self._ops += 1
+            for ref in refs:
+                self._recent_outcomes.setdefault(ref, self._ops)
+
+    def recent_outcome_refs(self) -> set[str]:
+        with self._lock:
+            return set(self._recent_outcomes)
+
     def add_outcome(self, outcome_ref: str | None = None) -> None:
         with self._lock:
             self._ops += 1

@@ -109,6 +109,7 @@ class Synchronizer:
         self.journal_trimmed_before_ms = 0
         # Versions the last scan listed but left to the journal (too young to judge).
         self._unsettled_tops: dict[tuple[str, str], tuple[int, int]] = {}
+        self._recent_outcomes: set[str] = set()
         metrics.bind_storage_clock_offset(lambda: adapter.clock.offset_seconds)
         metrics.bind_pending_journal_records(lambda: adapter.pending_journal_records)
 
@@ -226,6 +227,7 @@ class Synchronizer:
         self.cursor = self._cursor_from(snapshot.covers_ms)
         self.index.adopt(snapshot.entries, since=mark)
         self.index.set_outcomes(snapshot.outcomes)
+        self.index.seed_outcomes(snapshot.recent_outcomes)
         self._outcomes_counted_before_ms = snapshot.covers_ms
         # Ready means the journal since the snapshot is in, however long it is.
         while len(await self.poll_once()) >= MAX_JOURNAL_RECORDS_PER_POLL:
@@ -282,6 +284,8 @@ class Synchronizer:
             return
         newer = self.index.adopt(snapshot.entries, since=self.index.mark())
         self.index.set_outcomes(snapshot.outcomes)
+        self.index.seed_outcomes(snapshot.recent_outcomes)
+        self._outcomes_counted_before_ms = snapshot.covers_ms
         self.cursor = self._cursor_from(snapshot.covers_ms)
         logger.warning("this sidecar fell behind the retained journal; index re-read from the "
                        "newest snapshot", extra=fields(changes=len(newer)))
@@ -293,7 +297,9 @@ class Synchronizer:
             if top > entries.get(name, (0, 0))[0]:
                 entries[name] = (top, versions)
         return IndexSnapshot(covers_ms=covers_ms, writer=self.adapter.writer_id,
-                             entries=entries, outcomes=self.index.count("outcomes"))
+                             entries=entries, outcomes=self.index.count("outcomes"),
+                             recent_outcomes=frozenset(
+                                 self._recent_outcomes | self.index.recent_outcome_refs()))
 
     async def scan(self) -> int:
         """Full scan of entries/ (LISTs only) and an outcome count; every settled
@@ -327,8 +333,13 @@ class Synchronizer:
         # from covers_ms minus the look-back, and such a record may be older.
         self._unsettled_tops = {name: (max(scanned[name]), len(scanned[name]))
                                 for name in unsettled}
-        refs: set[str] = await self.offload(self.adapter.outcome_refs)
+        outcomes: dict[str, int] = await self.offload(self.store.scan_outcomes)
+        refs = set(outcomes)
         self.index.set_outcomes(len(refs), listed=refs, since=mark)
+        # Outcomes stored around or after covers_ms have journal records a cold
+        # start from this snapshot reads again: the snapshot names them.
+        recent_from = covers_ms - self.lookback_ms - self.settle_ms
+        self._recent_outcomes = {ref for ref, ms in outcomes.items() if ms >= recent_from}
         if newer and self.index.synced:
             logger.info("scan found changes the journal did not carry; journalling them",
                         extra=fields(count=len(newer)))

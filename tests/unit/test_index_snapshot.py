@@ -65,3 +65,12 @@ def test_a_lease_belongs_to_its_holder_until_it_expires() -> None:
     assert not lease.held_by_other_than("pod-a", now_ms=999)  # its holder renews it
     with pytest.raises(AdapterError, match="lease term 3 is unreadable"):
         decode_lease(3, b"{}")
+
+
+def test_a_snapshot_names_its_recent_outcomes_and_older_ones_read_without() -> None:
+    snapshot = IndexSnapshot(covers_ms=5, writer="w", entries={}, outcomes=2,
+                             recent_outcomes=frozenset({"run-2"}))
+    assert decode_snapshot("k", encode_snapshot(snapshot)) == snapshot
+    older = gzip.compress(b'{"format": 1, "covers_ms": 1, "writer": "w", "outcomes": 3, '
+                          b'"entries": []}')
+    assert decode_snapshot("k", older).recent_outcomes == frozenset()

@@ -396,3 +396,27 @@ async def test_a_version_too_young_for_the_scan_is_still_in_the_snapshot(
     newcomer = sidecar_factory("newcomer", settings=quiet)
     assert newcomer.sidecar.sync is not None
     assert newcomer.sidecar.sync.index.current("young", "k") == 1
+
+
+async def test_an_outcome_committed_while_the_holder_scanned_is_counted_once(
+    sidecar_factory: SidecarFactory, settings: S3Settings,
+) -> None:
+    """The holder's snapshot covers the time its scan began, but counts what the later
+    outcome listing saw: an outcome committed in between is in the count and in the
+    journal a cold start reads. The snapshot names it, so it is counted once."""
+    quiet = settings.model_copy(update={"resync_interval": 3600.0})
+    holder = sidecar_factory("holder", settings=quiet)
+    sync = holder.sidecar.sync
+    assert sync is not None and sync.lease is not None
+    scan_began = sync.adapter.clock.now_ms()  # the scan starts ...
+    async with holder.session() as s:
+        status, _ = await post(s, "/api/v1/outcomes", {
+            "outcome_ref": "during-scan", "outcome_type": "success",
+            "causal_entry_keys": [], "agent_id": "agent-a"})  # ... an outcome lands ...
+        assert status == 201
+    # ... and the snapshot it writes covers the scan's start, counting the outcome.
+    sync.store.write_snapshot(sync._snapshot(scan_began))
+    newcomer = sidecar_factory("newcomer", settings=quiet)
+    async with newcomer.session() as s:
+        _, stats = await get(s, "/api/v1/stats")
+    assert stats["outcomes"] == 1
