@@ -340,6 +340,9 @@ class Synchronizer:
         # start from this snapshot reads again: the snapshot names them.
         recent_from = covers_ms - self.lookback_ms - self.settle_ms
         self._recent_outcomes = {ref for ref, ms in outcomes.items() if ms >= recent_from}
+        # And an own commit whose answer comes back after this listing saw it (the
+        # API counts it then) must find it counted already.
+        self.index.seed_outcomes(self._recent_outcomes)
         if newer and self.index.synced:
             logger.info("scan found changes the journal did not carry; journalling them",
                         extra=fields(count=len(newer)))

@@ -130,3 +130,11 @@ def test_a_scan_leaves_unsettled_versions_to_the_journal() -> None:
     # When the journal delivers them, they count as usual.
     assert index.observe("known", "k", 3) and index.observe("brand-new", "k", 1)
     assert index.count("versions") == 3 + 1 + 1 + 1
+
+
+def test_an_outcome_seeded_as_counted_is_not_counted_again() -> None:
+    index = EntryIndex()
+    index.set_outcomes(1, listed={"listed-recently"}, since=index.mark())
+    index.seed_outcomes({"listed-recently"})
+    index.add_outcome("listed-recently")  # its commit answered after the listing
+    assert index.count("outcomes") == 1
