@@ -25,13 +25,15 @@ COMMAND = ".venv/bin/python -m bench.report"
 TIMES = "\N{MULTIPLICATION SIGN}"
 
 # Known files first, in this order; everything else follows alphabetically.
-ORDER = ["adapter_compare", "propagation", "request_counts", "sidecar", "operator"]
+ORDER = ["adapter_compare", "propagation", "cold_start", "request_counts", "sidecar",
+         "operator"]
 TITLES = {
     "adapter_compare": "Adapter: this project vs. upstream `amfs-adapter-s3`",
     "propagation": "Cross-process change propagation and polling cost",
     "request_counts": "S3 requests per operation (this project's adapter)",
     "sidecar": "Sidecar over its socket",
     "operator": "Operator",
+    "cold_start": "Cold start and S3 requests per sidecar-hour: full listing vs. index snapshot",
 }
 
 Result = dict[str, Any]
@@ -254,9 +256,55 @@ def render_propagation(result: Result) -> list[str]:
     return lines
 
 
+def render_cold_start(result: Result) -> list[str]:
+    figures = result["figures"]
+    sizes = figures["sizes"]
+    lines = [f"Backend: {figures['backend']}; {fmt(figures['journal_since_snapshot'])} journal "
+             "records written after the snapshot; in-process sidecar, `Sidecar.start()` to "
+             "ready.", ""]
+    if figures.get("note"):
+        lines += [f"Note: {figures['note']}.", ""]
+    rows = []
+    for size, f in sizes.items():
+        old, new = f["designs"]["full_listing"], f["designs"]["snapshot"]
+        rows.append([fmt(int(size)), fmt(old["start_to_ready_seconds"]),
+                     fmt(old["start_requests_total"]), fmt(new["start_to_ready_seconds"]),
+                     fmt(new["start_requests_total"]),
+                     fmt(new["first_start_without_snapshot_seconds"]),
+                     fmt(f["snapshot_bytes"])])
+    model = figures.get("model")
+    if model:
+        start = model["start_to_ready_seconds"]
+        rows.append([f"{fmt(model['entries'])} (model)", fmt(start["full_listing"]), "",
+                     fmt(start["snapshot"]), "", "", ""])
+    lines += table(["Entries", "full listing: ready s", "requests", "snapshot: ready s",
+                    "requests", "first start, no snapshot yet: s", "snapshot bytes"], rows)
+    rows = []
+    for size, f in sizes.items():
+        for name, hour in f["requests_per_sidecar_hour"].items():
+            rows.append([fmt(int(size)), name.replace("_", " "), fmt(hour["full_listing"]),
+                         fmt(hour["snapshot"])])
+    if model:
+        for name, hour in model["requests_per_sidecar_hour"].items():
+            rows.append([f"{fmt(model['entries'])} (model)", name.replace("_", " "),
+                         fmt(hour["full_listing"]), fmt(hour["snapshot"])])
+    lines += ["S3 requests per sidecar-hour (counted per poll and per resync, at the "
+              f"default {fmt(figures['poll_interval_seconds'])} s poll and "
+              f"{fmt(figures['resync_interval_seconds'])} s resync):", ""]
+    lines += table(["Entries", "Sidecars", "full listing", "snapshot"], rows)
+    if model:
+        lines += [f"Model to {fmt(model['entries'])} entries (goal: ready within "
+                  f"{fmt(model['goal_seconds'])} s — {'met' if model['goal_met'] else 'NOT met'}"
+                  "); costs used:", ""]
+        lines += table(["Cost", "Value"], [[f"`{k}`", fmt(v)] for k, v in model["costs"].items()])
+        lines += ["Assumptions:", "", *[f"- {a}" for a in model["assumptions"]], ""]
+    return lines
+
+
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {
     "adapter_compare": render_adapter_compare,
     "propagation": render_propagation,
+    "cold_start": render_cold_start,
 }
 
 
@@ -320,6 +368,25 @@ def headline(results: dict[str, Result]) -> list[str]:
                 "entries" for c in cost.values()
             )
             + " (5 s poll, 5 min resync)"
+        )
+    try:
+        cold = results["cold_start"]["figures"]
+        model = cold["model"]
+        largest = max(cold["sizes"], key=int)
+        measured = cold["sizes"][largest]["designs"]
+    except (KeyError, TypeError):
+        pass
+    else:
+        hour = model["requests_per_sidecar_hour"]["100_sidecars"]
+        items.append(
+            f"cold start at {fmt(int(largest))} entries ({cold['backend']}): "
+            f"{fmt(measured['snapshot']['start_to_ready_seconds'])} s from the snapshot vs. "
+            f"{fmt(measured['full_listing']['start_to_ready_seconds'])} s listing entries/; "
+            f"modelled at {fmt(model['entries'])}: "
+            f"{fmt(model['start_to_ready_seconds']['snapshot'])} s vs. "
+            f"{fmt(model['start_to_ready_seconds']['full_listing'])} s; with 100 sidecars "
+            f"{fmt(hour['snapshot'])} vs. {fmt(hour['full_listing'])} S3 requests per "
+            "sidecar-hour"
         )
     return [f"- {item}" for item in items]
 

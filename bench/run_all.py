@@ -10,6 +10,7 @@ MODULES = [
     "bench.request_counts",
     "bench.adapter_compare",
     "bench.propagation",
+    "bench.cold_start",
     "bench.sidecar_bench",
     "bench.operator_bench",
 ]

@@ -71,6 +71,8 @@ MAX_WRITE_ATTEMPTS = 64
 MAX_PENDING_JOURNAL_RECORDS = 10_000
 # How long close() waits for queued journal records to go out.
 CLOSE_JOURNAL_SECONDS = 30.0
+# Records fetched by one poll; the rest wait for the next, so memory stays bounded.
+MAX_JOURNAL_RECORDS_PER_POLL = 2_000
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -782,6 +784,12 @@ class S3Adapter(AdapterABC):
             self._watch.note_local(change, None)
             written.append(change)
 
+    def record_found_version(self, entity_path: str, key: str, version: int) -> Change:
+        """Journal a version some writer stored without a journal record (found by a
+        scan), so every poller learns of it like any other write."""
+        return self._journal({"kind": "write", "entity_path": entity_path, "key": key,
+                              "version": version})
+
     def _journal_write(self, entry: MemoryEntry, *, wait: bool = False) -> Change:
         return self._journal({"kind": "write", "entity_path": entry.entity_path,
                               "key": entry.key, "version": entry.version}, wait=wait)
@@ -868,6 +876,11 @@ class S3Adapter(AdapterABC):
                 if self.layout.parse_outcome_key(obj["Key"]) is not None
             )
         return keys
+
+    def outcome_refs(self) -> set[str]:
+        """The refs of every stored outcome, from listings alone."""
+        refs = (self.layout.parse_outcome_key(k) for k in self._outcome_keys())
+        return {ref for ref in refs if ref}
 
     def count_outcomes(self, **_: Any) -> int:
         return len(self._outcome_keys())
@@ -1015,11 +1028,15 @@ class S3Adapter(AdapterABC):
         for page in self._list(self.layout.journal_root, start_after=cursor.start_after()):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         changes: builtins.list[Change] = []
-        for journal_key in cursor.pending(keys):
+        pending = cursor.pending(keys)[:MAX_JOURNAL_RECORDS_PER_POLL]
+        # Fetched concurrently (a cold start catches up on many), handled in order.
+        fetched = self._pool.map(self._fetch_journal_record, pending)
+        for journal_key, (data, error) in zip(pending, fetched, strict=True):
             if cursor.is_from_the_future(journal_key):
                 self._report_future_record(journal_key)
             try:
-                data = self._get_json(journal_key)
+                if error is not None:
+                    raise error
             except S3AccessError as exc:
                 logger.warning("journal record %s not readable yet (%s); retrying next poll",
                                journal_key, exc)
@@ -1063,6 +1080,13 @@ class S3Adapter(AdapterABC):
             logger.warning("skipping malformed journal record %s: %s", journal_key, exc)
             return None
         return self._parse_change(journal_key, data)
+    def _fetch_journal_record(
+        self, journal_key: str
+    ) -> tuple[dict[str, Any] | None, AdapterError | None]:
+        try:
+            return self._get_json(journal_key), None
+        except AdapterError as exc:
+            return None, exc
 
     def _report_future_record(self, journal_key: str) -> None:
         """Count a record stamped ahead of the storage's clock; warn once per writer."""

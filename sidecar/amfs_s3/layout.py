@@ -176,6 +176,11 @@ class Layout:
     def probe_root(self) -> str:
         return f"{self.root}_probe/"
 
+    @property
+    def index_root(self) -> str:
+        """Compacted index snapshots and the lease of the one sidecar that writes them."""
+        return f"{self.root}index/"
+
     # -- entries ---------------------------------------------------------
 
     def entity_dir(self, entity_path: str) -> str:

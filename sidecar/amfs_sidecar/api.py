@@ -659,7 +659,7 @@ async def commit_outcome(request: web.Request) -> web.Response:
     _check_size(record.model_dump_json().encode(), ctx.max_entry_bytes)
     updated, changes = await ctx.offload(functools.partial(
         ctx.adapter.commit_outcome_with_changes, record, wait_for_journal=True))
-    ctx.index.add_outcome()
+    ctx.index.add_outcome(record.outcome_ref)
     bodies: dict[tuple[str, str, int], bytes] = {}
     for entry in updated:
         body = encode_entry(entry)

@@ -143,6 +143,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="open API connections (socket and --listen together); more are "
                         "answered 503 and closed. Lowered to fit RLIMIT_NOFILE with room for "
                         f"S3 and the metrics port (default {DEFAULT_MAX_CONNECTIONS}, so lowered)")
+    p.add_argument("--index-snapshot", choices=("on", "off"), default="on",
+                   help="off: no lease, no snapshot, no journal trim; every sidecar lists "
+                        "all of entries/ at start and every resync interval (the design "
+                        "before the snapshot, kept for comparison; default on)")
     return p
 
 
@@ -227,6 +231,7 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout,
         max_connections=args.max_connections,
+        index_snapshot=args.index_snapshot == "on",
     )
 
 

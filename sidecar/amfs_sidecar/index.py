@@ -31,7 +31,7 @@ def encode_entry(entry: MemoryEntry) -> bytes:
     return entry.model_dump_json().encode("utf-8")[:-1] + b"," + extra[1:].encode("utf-8")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot:
     version: int
     versions: int
@@ -45,6 +45,8 @@ class EntryIndex:
         self._lock = threading.Lock()
         self._slots: dict[Name, _Slot] = {}
         self._outcomes = 0
+        # Outcomes added since the last listing (ref → operation counter).
+        self._recent_outcomes: dict[str, int] = {}
         self._ops = 0
         self._versions_total = 0
         self.synced = False
@@ -82,29 +84,60 @@ class EntryIndex:
             return self._ops
 
     def replace(
-        self, scanned: Mapping[Name, Iterable[int]], *, since: int
+        self, scanned: Mapping[Name, Iterable[int]], *, since: int,
+        unsettled: Mapping[Name, Iterable[int]] | None = None,
     ) -> list[tuple[str, str, int]]:
-        """Adopt a full scan of entries/ and return the (entity, key, version)
-        that the scan found newer than the index knew (writers with no journal).
+        """Adopt a full scan of entries/ (every version number of every key); see
+        :meth:`adopt`.
+
+        *unsettled* names, per key, versions the scan listed that are too young
+        to judge: their journal records may still be on the way. Such a version
+        is neither adopted nor reported unless the index already knew it (the
+        journal, or this sidecar's own write, delivers it, or a later scan does
+        once it has settled), so a scan does not announce a second time a write the
+        journal is about to deliver.
+        """
+        young = {name: set(numbers) for name, numbers in (unsettled or {}).items()}
+        with self._lock:
+            slots = {name: (slot.version, slot.versions) for name, slot in self._slots.items()}
+        counts: dict[Name, tuple[int, int]] = {}
+        for name, listed in scanned.items():
+            numbers = sorted(listed)
+            if not numbers:
+                continue
+            known, known_versions = slots.get(name, (0, 0))
+            late = young.get(name, set())
+            settled = [n for n in numbers if n not in late]
+            top = max([known if known in numbers else 0, *settled[-1:]])
+            if top:
+                counts[name] = (top, sum(1 for n in numbers if n <= top))
+            elif known:
+                # Listed, but only versions the journal has yet to deliver:
+                # what the index knows stands.
+                counts[name] = (known, known_versions)
+        return self.adopt(counts, since=since)
+
+    def adopt(
+        self, counts: Mapping[Name, tuple[int, int]], *, since: int
+    ) -> list[tuple[str, str, int]]:
+        """Adopt a view of the whole memory — (entity, key) → (current version,
+        versions), from a scan or a snapshot — and return the (entity, key,
+        version) it shows newer than the index knew.
 
         Keys changed after *since* (own writes, polls that overlapped the scan)
-        keep their newer state rather than going back to the scan's view.
+        keep their newer state rather than going back to the view's.
         """
         newer: list[tuple[str, str, int]] = []
         with self._lock:
             fresh: dict[Name, _Slot] = {}
-            for name, numbers in scanned.items():
-                numbers = list(numbers)
-                if not numbers:
-                    continue
-                top = max(numbers)
+            for name, (top, versions) in counts.items():
                 old = self._slots.get(name)
                 if old is not None and old.touched > since and old.version >= top:
                     fresh[name] = old
                     continue
                 if old is None or top > old.version:
                     newer.append((name[0], name[1], top))
-                fresh[name] = _Slot(top, len(numbers), old.touched if old else 0)
+                fresh[name] = _Slot(top, versions, old.touched if old else 0)
             for name, old in self._slots.items():
                 if name not in fresh and old.touched > since:
                     fresh[name] = old
@@ -112,12 +145,42 @@ class EntryIndex:
             self._versions_total = sum(slot.versions for slot in fresh.values())
         return newer
 
-    def set_outcomes(self, count: int) -> None:
+    def versions_of(self, entity_path: str, key: str) -> int:
+        slot = self._slots.get((entity_path, key))
+        return slot.versions if slot else 0
+
+    def set_outcomes(self, count: int, *, listed: set[str] | None = None,
+                     since: int | None = None) -> None:
+        """Adopt an outcome count. With the refs a listing showed (*listed*) and the
+        point it started at (*since*), outcomes added meanwhile that the listing
+        missed are kept on top, and those it saw are not counted twice."""
         with self._lock:
+            if listed is not None and since is not None:
+                late = [ref for ref, op in self._recent_outcomes.items()
+                        if op > since and ref not in listed]
+                self._recent_outcomes = {ref: self._recent_outcomes[ref] for ref in late}
+                count = len(listed) + len(late)
             self._outcomes = count
 
-    def add_outcome(self) -> None:
+    def seed_outcomes(self, refs: Iterable[str]) -> None:
+        """Outcomes already in the count (a snapshot's recent ones): a journal
+        record of one of them adds nothing."""
         with self._lock:
+            self._ops += 1
+            for ref in refs:
+                self._recent_outcomes.setdefault(ref, self._ops)
+
+    def recent_outcome_refs(self) -> set[str]:
+        with self._lock:
+            return set(self._recent_outcomes)
+
+    def add_outcome(self, outcome_ref: str | None = None) -> None:
+        with self._lock:
+            self._ops += 1
+            if outcome_ref is not None:
+                if outcome_ref in self._recent_outcomes:
+                    return  # the same record again: one object, one outcome
+                self._recent_outcomes[outcome_ref] = self._ops
             self._outcomes += 1
 
     def names(

@@ -91,6 +91,7 @@ class SidecarConfig:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_connections: int | None = None  # None: the default, lowered to fit RLIMIT_NOFILE
+    index_snapshot: bool = True  # False: every sidecar scans entries/ (bench comparison)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -220,6 +221,7 @@ class Sidecar:
             poll_interval=adapter.settings.poll_interval,
             resync_interval=adapter.settings.resync_interval,
             lookback_ms=cfg.lookback_ms,
+            index_snapshot=cfg.index_snapshot,
         )
         self.metrics.bind_objects(index.count)
         self.metrics.bind_watchers(lambda: len(hub))

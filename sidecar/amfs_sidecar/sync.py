@@ -1,10 +1,15 @@
 """Keeping the index in step with S3 and feeding the watch streams.
 
-The first full sync (bucket check, conditional-write probe, a scan of
-``entries/``, an outcome count) makes the sidecar ready. After it, a journal
-poll every ``poll_interval`` seconds costs about one LIST and turns other
-writers' changes into index updates and stream events; a full rescan every
-``resync_interval`` seconds catches writers that wrote no journal.
+The first sync (bucket check, conditional-write probe, then the newest index
+snapshot and the journal since it — or, for a memory that has none yet, a scan
+of ``entries/``) makes the sidecar ready. After it, a journal poll every
+``poll_interval`` seconds costs about one LIST and turns other writers' changes
+into index updates and stream events. Every ``resync_interval`` seconds each
+sidecar looks at the lease in ``index/`` (one LIST, one GET); the one sidecar
+holding it scans ``entries/`` for writers that wrote no journal, journals what
+it finds (so every sidecar streams it), writes a new snapshot and trims the
+journal. The cost of a sidecar that does not hold the lease does not grow with
+the memory.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from typing import Any, TypeVar
 from amfs_core.evidence import cited_entries
 from amfs_core.models import MemoryEntry, OutcomeRecord
 
-from amfs_s3.adapter import S3Adapter
+from amfs_s3.adapter import MAX_JOURNAL_RECORDS_PER_POLL, S3Adapter
 from amfs_s3.exceptions import AdapterError, S3AccessError
+from amfs_s3.index_store import IndexListing, IndexStore
 from amfs_s3.journal import DEFAULT_LOOKBACK_MS, Change, JournalCursor
+from amfs_s3.snapshot import IndexSnapshot, Lease
 from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
 from amfs_sidecar.logs import fields
 from amfs_sidecar.metrics import SidecarMetrics
@@ -36,6 +43,14 @@ T = TypeVar("T")
 Offload = Callable[..., Awaitable[Any]]
 
 MAX_RETRY_SECONDS = 30.0
+# A lease outlives two missed renewals, so a slow holder keeps it and a dead one
+# is replaced within about three intervals.
+LEASE_INTERVALS = 2
+# Lease times are in the storage's clock as each sidecar estimates it from S3's
+# Date headers (whole seconds): two sidecars' estimates agree within this.
+LEASE_CLOCK_MARGIN_MS = 5_000
+# A journal PUT's usual latency plus LastModified's one-second resolution.
+SETTLE_MARGIN_MS = 2_000
 
 
 def write_event(change: Change, body: bytes | None) -> Event:
@@ -70,6 +85,7 @@ class Synchronizer:
         resync_interval: float,
         lookback_ms: int = DEFAULT_LOOKBACK_MS,
         replay_window_ms: int = DEFAULT_REPLAY_WINDOW_MS,
+        index_snapshot: bool = True,
     ) -> None:
         self.adapter = adapter
         self.index = index
@@ -80,6 +96,11 @@ class Synchronizer:
         self.poll_interval = poll_interval
         self.resync_interval = resync_interval
         self.lookback_ms = lookback_ms
+        self.index_snapshot = index_snapshot
+        # How old a version must be before a scan may call it journal-less: its
+        # writer's journal PUT and two of our polls fit in it, with a second for
+        # LastModified's resolution.
+        self.settle_ms = int(2 * poll_interval * 1000) + SETTLE_MARGIN_MS
         self.cursor: JournalCursor | None = None
         self.bucket_reachable = False
         self.conditional_writes: bool | None = None
@@ -88,6 +109,16 @@ class Synchronizer:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._future_records_counted = 0
+        self.store = IndexStore(adapter)
+        self.lease: Lease | None = None
+        # Outcome records stamped before this were counted by the snapshot.
+        self._outcomes_counted_before_ms = 0
+        # Journal records stamped before this may be gone (the lease holder trims
+        # behind the previous snapshot): a stream resuming from before it must reset.
+        self.journal_trimmed_before_ms = 0
+        # Versions the last scan listed but left to the journal (too young to judge).
+        self._unsettled_tops: dict[tuple[str, str], tuple[int, int]] = {}
+        self._recent_outcomes: set[str] = set()
         metrics.bind_storage_clock_offset(lambda: adapter.clock.offset_seconds)
         # Storage time before which every journal record has reached the hub:
         # 0 until the first sync (nothing is promised before the cursor exists).
@@ -136,7 +167,7 @@ class Synchronizer:
             try:
                 await self.poll_once()
                 if time.monotonic() >= next_resync:
-                    await self.resync()
+                    await self.maintain()
                     next_resync = time.monotonic() + self.resync_interval
             except Exception as exc:
                 # The poll is the sidecar's heartbeat to S3: when it fails after
@@ -151,7 +182,7 @@ class Synchronizer:
     # -- the three kinds of sync -------------------------------------------------
 
     async def first_sync(self) -> None:
-        """Bucket check, probe, full scan: after this the sidecar is ready."""
+        """Bucket check, probe, newest snapshot + journal since (or a full scan)."""
         await self.offload(self.adapter.check_bucket)
         self.bucket_reachable = True
         self.conditional_writes = await self.offload(
@@ -163,31 +194,188 @@ class Synchronizer:
                 "provider ignores If-None-Match: concurrent writers may overwrite each other",
                 extra=fields(bucket=self.adapter.settings.bucket),
             )
-        # The cursor starts before the scan, so a change made during the scan
-        # is either in the scan or in the first poll (observe() is idempotent).
-        clock = self.adapter.clock
-        self.cursor = JournalCursor.starting_now(
-            self.adapter.layout, clock.now_ms(), lookback_ms=self.lookback_ms, clock=clock.now_ms
-        )
-        self.stream_safe_ms = self.cursor.high_water_ms - self.lookback_ms
-        await self.resync()
+        snapshot: IndexSnapshot | None = None
+        listing = IndexListing()
+        if self.index_snapshot:
+            listing = await self.offload(self.store.listing)
+            self._note_trim_horizon(listing)
+            snapshot = await self._newest_snapshot(listing)
+        if snapshot is not None:
+            await self._start_from_snapshot(snapshot)
+        else:
+            # The cursor starts before the scan, so a change made during the scan
+            # is either in the scan or in the first poll (observe() is idempotent).
+            self.cursor = self._cursor_from(self.adapter.clock.now_ms())
+            await self.maintain(listing, scan_anyway=True)
+        # Storage time before which every journal record has reached the hub; the
+        # polls move it on (_advance_safe_point).
+        if self.cursor is not None:
+            self.stream_safe_ms = self.cursor.high_water_ms - self.lookback_ms
         self.index.synced = True
         self.last_error = None
         logger.info("first sync complete", extra=fields(
+            source="snapshot" if snapshot is not None else "scan",
             entries=self.index.count("entries"), versions=self.index.count("versions"),
             outcomes=self.index.count("outcomes"), conditional_writes=self.conditional_writes,
         ))
 
-    async def resync(self) -> None:
-        """Full scan of entries/ (LISTs only) and an outcome count."""
+    def _cursor_from(self, ms: int) -> JournalCursor:
+        clock = self.adapter.clock
+        return JournalCursor.starting_now(
+            self.adapter.layout, ms, lookback_ms=self.lookback_ms, clock=clock.now_ms
+        )
+
+    async def _newest_snapshot(self, listing: IndexListing) -> IndexSnapshot | None:
+        newest = listing.newest_snapshot
+        if newest is None:
+            return None
+        try:
+            snapshot: IndexSnapshot | None = await self.offload(self.store.read_snapshot, newest)
+        except AdapterError as exc:
+            if isinstance(exc, S3AccessError):
+                raise
+            logger.warning("index snapshot unreadable; scanning instead",
+                           extra=fields(error=str(exc)))
+            return None
+        return snapshot
+
+    async def _start_from_snapshot(self, snapshot: IndexSnapshot) -> None:
+        """Adopt *snapshot*, then read the journal from the time it covers."""
         mark = self.index.mark()
-        scanned = await self.offload(self.adapter.scan_versions)
-        newer = self.index.replace(scanned, since=mark)
-        self.index.set_outcomes(await self.offload(self.adapter.count_outcomes))
+        self.cursor = self._cursor_from(snapshot.covers_ms)
+        self.index.adopt(snapshot.entries, since=mark)
+        self.index.set_outcomes(snapshot.outcomes)
+        self.index.seed_outcomes(snapshot.recent_outcomes)
+        self._outcomes_counted_before_ms = snapshot.covers_ms
+        # Ready means the journal since the snapshot is in, however long it is.
+        while len(await self.poll_once()) >= MAX_JOURNAL_RECORDS_PER_POLL:
+            pass
+
+    async def maintain(self, listing: IndexListing | None = None, *,
+                       scan_anyway: bool = False) -> None:
+        """The periodic look at ``index/``: take or renew the lease, and if it is
+        ours, scan, journal what only the scan found, snapshot, trim."""
+        if not self.index_snapshot:
+            await self.scan()  # every sidecar for itself, as before the snapshot
+            return
+        if listing is None:
+            listing = await self.offload(self.store.listing)
+        self._note_trim_horizon(listing)
+        current = await self.offload(self.store.read_lease, listing)
+        duration_ms = int(LEASE_INTERVALS * self.resync_interval * 1000) + LEASE_CLOCK_MARGIN_MS
+        self.lease = await self.offload(functools.partial(
+            self.store.take_lease, self.adapter.writer_id, current,
+            now_ms=self.adapter.clock.now_ms(), duration_ms=duration_ms))
+        if self.lease is None and not scan_anyway:
+            await self._catch_up_if_trimmed(listing)
+            return
+        covers_ms = await self.scan()
+        if self.lease is None:
+            return
+        await self.offload(self.store.write_snapshot, self._snapshot(covers_ms))
+        written = IndexListing(sorted([*listing.snapshots, covers_ms]), listing.lease_terms)
+        self._note_trim_horizon(written)
+        await self.offload(self.store.prune_snapshots, written)
+        # One interval of journal is kept beyond the newest snapshot, so a sidecar
+        # whose polls failed for a while still finds what it missed.
+        previous = listing.newest_snapshot
+        if previous is not None:
+            await self.offload(self.store.trim_journal, previous - self.lookback_ms)
+
+    def _note_trim_horizon(self, listing: IndexListing) -> None:
+        """Where the holder trims with these snapshots: before the older of the two
+        newest, minus the look-back (see :meth:`maintain`)."""
+        if len(listing.snapshots) >= 2:
+            self.journal_trimmed_before_ms = max(
+                self.journal_trimmed_before_ms, listing.snapshots[-2] - self.lookback_ms)
+
+    async def _catch_up_if_trimmed(self, listing: IndexListing) -> None:
+        """A sidecar whose cursor is behind what the journal still holds re-reads
+        the newest snapshot rather than trust a journal with a hole in it."""
+        if len(listing.snapshots) < 2 or self.cursor is None:
+            return
+        kept_from = listing.snapshots[-2] - self.lookback_ms
+        if self.cursor.high_water_ms >= kept_from:
+            return
+        snapshot = await self._newest_snapshot(listing)
+        if snapshot is None:
+            return
+        newer = self.index.adopt(snapshot.entries, since=self.index.mark())
+        self.index.set_outcomes(snapshot.outcomes)
+        self.index.seed_outcomes(snapshot.recent_outcomes)
+        self._outcomes_counted_before_ms = snapshot.covers_ms
+        self.cursor = self._cursor_from(snapshot.covers_ms)
+        logger.warning("this sidecar fell behind the retained journal; index re-read from the "
+                       "newest snapshot", extra=fields(changes=len(newer)))
+
+    def _snapshot(self, covers_ms: int) -> IndexSnapshot:
+        entries = {(entity, key): (version, self.index.versions_of(entity, key))
+                   for entity, key, version in self.index.names()}
+        for name, (top, versions) in self._unsettled_tops.items():
+            if top > entries.get(name, (0, 0))[0]:
+                entries[name] = (top, versions)
+        return IndexSnapshot(covers_ms=covers_ms, writer=self.adapter.writer_id,
+                             entries=entries, outcomes=self.index.count("outcomes"),
+                             recent_outcomes=frozenset(
+                                 self._recent_outcomes | self.index.recent_outcome_refs()))
+
+    async def scan(self) -> int:
+        """Full scan of entries/ (LISTs only) and an outcome count; every settled
+        version it finds that the index did not know is journalled, so every
+        sidecar's streams get it. Returns the storage time the scan began.
+
+        A version younger than :attr:`settle_ms` is left to the journal: its
+        writer (this sidecar or another) has just PUT it and is PUTting its
+        journal record, which the polls deliver. Judging it now would journal
+        and stream it a second time, after later versions of the same key (the
+        load test's out-of-order duplicates); a version that has no record at
+        all is found by the next scan, once it has settled.
+        """
+        mark = self.index.mark()
+        covers_ms = self.adapter.clock.now_ms()
+        listed: dict[tuple[str, str], list[tuple[int, int]]] = await self.offload(
+            self.store.scan_entries)
+        scanned = {name: [v for v, _ in found] for name, found in listed.items()}
+        unsettled: dict[tuple[str, str], list[int]] = {}
+        if self.index.synced:
+            # LastModified is whole seconds on most providers, so a version may
+            # look up to a second older than it is: the window allows for it.
+            settled_before = covers_ms - self.settle_ms
+            for name, found in listed.items():
+                young = [v for v, modified in found if modified >= settled_before]
+                if young:
+                    unsettled[name] = young
+        newer = self.index.replace(scanned, since=mark, unsettled=unsettled)
+        # The holder's index leaves them to the journal, but a snapshot must hold
+        # every version listed before covers_ms: a cold start reads the journal only
+        # from covers_ms minus the look-back, and such a record may be older.
+        self._unsettled_tops = {name: (max(scanned[name]), len(scanned[name]))
+                                for name in unsettled}
+        outcomes: dict[str, int] = await self.offload(self.store.scan_outcomes)
+        refs = set(outcomes)
+        self.index.set_outcomes(len(refs), listed=refs, since=mark)
+        # Outcomes stored around or after covers_ms have journal records a cold
+        # start from this snapshot reads again: the snapshot names them.
+        recent_from = covers_ms - self.lookback_ms - self.settle_ms
+        self._recent_outcomes = {ref for ref, ms in outcomes.items() if ms >= recent_from}
+        # And an own commit whose answer comes back after this listing saw it (the
+        # API counts it then) must find it counted already.
+        self.index.seed_outcomes(self._recent_outcomes)
         if newer and self.index.synced:
-            # Only writers that skip the journal get here; they have no event id.
-            logger.info("resync found changes the journal did not carry",
+            logger.info("scan found changes the journal did not carry; journalling them",
                         extra=fields(count=len(newer)))
+            for entity_path, key, version in newer:
+                change = await self.offload(
+                    self.adapter.record_found_version, entity_path, key, version)
+                self.note_local(change)
+                event = None
+                if self.hub.wants((entity_path,)):
+                    event = await self.event_for(change)
+                    if event is not None:
+                        self.hub.publish(event)
+                if event is None:
+                    self.hub.publish(unfetched_event(change))  # the resume buffer has every change
+        return covers_ms
 
     async def poll_once(self) -> list[Change]:
         """One journal poll: index updates, lag observations, stream events.
@@ -265,8 +453,9 @@ class Synchronizer:
                 self.hub.publish(event)
             elif change.journal_key not in wanted and streamable(change):
                 self.hub.publish(unfetched_event(change))  # the resume buffer has every change
-            if change.kind == "outcome" and change.outcome_ref:
-                self.index.add_outcome()  # counted once: only when confirmed
+            if (change.kind == "outcome" and change.outcome_ref
+                    and change.written_at_ms >= self._outcomes_counted_before_ms):
+                self.index.add_outcome(change.outcome_ref)  # only once confirmed
             if self.cursor is not None:
                 self.cursor.confirm(change.journal_key)
             handled.append(change)
@@ -334,9 +523,10 @@ class Synchronizer:
 
     def journal_floor_ms(self) -> int:
         """Journal records older than this may be gone: a resume from before it is a
-        reset. The lifecycle rule's window; whatever else deletes journal records
-        (a trim behind an index snapshot) must raise it to where it deleted."""
-        return self.adapter.clock.now_ms() - self.replay_window_ms
+        reset. The replay window, or where the lease holder's trim behind an index
+        snapshot deleted, whichever is later."""
+        return max(self.adapter.clock.now_ms() - self.replay_window_ms,
+                   self.journal_trimmed_before_ms)
 
     async def replay_fetch(self, change: Change) -> Event | None:
         """:meth:`event_for`, skipping an object that is broken for good."""

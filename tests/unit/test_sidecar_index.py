@@ -97,3 +97,44 @@ def test_versions_are_counted_exactly_whatever_order_they_arrive_in() -> None:
     assert (index.current("svc", "k"), index.count("versions")) == (5, 5)
     index.observe("other", "k", 2)  # first seen at v2: v1 exists too
     assert index.count("versions") == 7
+
+
+def test_outcomes_added_during_a_listing_are_counted_once() -> None:
+    index = EntryIndex()
+    mark = index.mark()
+    index.add_outcome("seen-by-listing")
+    index.add_outcome("after-listing")
+    index.add_outcome("after-listing")  # the same record again
+    index.set_outcomes(2, listed={"old", "seen-by-listing"}, since=mark)
+    assert index.count("outcomes") == 3
+
+
+def test_a_scan_leaves_unsettled_versions_to_the_journal() -> None:
+    index = EntryIndex()
+    index.observe("known", "k", 2)  # v3 still young; the journal brought v2
+    index.observe("journalled", "k", 1)  # its only listed version young, already known
+    mark = index.mark()
+    newer = index.replace(
+        {("known", "k"): [1, 2, 3], ("journalled", "k"): [1], ("brand-new", "k"): [1],
+         ("old-news", "k"): [1, 2]},
+        since=mark,
+        unsettled={("known", "k"): [3], ("journalled", "k"): [1], ("brand-new", "k"): [1],
+                   ("old-news", "k"): [2]},
+    )
+    # Only settled versions the index did not know are announced.
+    assert newer == [("old-news", "k", 1)]
+    assert index.current("known", "k") == 2  # v3 is the journal's to deliver
+    assert index.current("journalled", "k") == 1
+    assert index.current("brand-new", "k") == 0
+    assert index.count("versions") == 2 + 1 + 1
+    # When the journal delivers them, they count as usual.
+    assert index.observe("known", "k", 3) and index.observe("brand-new", "k", 1)
+    assert index.count("versions") == 3 + 1 + 1 + 1
+
+
+def test_an_outcome_seeded_as_counted_is_not_counted_again() -> None:
+    index = EntryIndex()
+    index.set_outcomes(1, listed={"listed-recently"}, since=index.mark())
+    index.seed_outcomes({"listed-recently"})
+    index.add_outcome("listed-recently")  # its commit answered after the listing
+    assert index.count("outcomes") == 1

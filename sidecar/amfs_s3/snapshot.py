@@ -1,0 +1,124 @@
+"""The index snapshot and the snapshot writer's lease: formats and key math. Pure.
+
+```
+{prefix}{namespace}/index/snapshot-{covers_ms:013d}.json.gz   every (entity, key) → current
+                                                               version and version count
+{prefix}{namespace}/index/lease-{term:010d}.json               who writes snapshots, until when
+```
+
+A snapshot *covers* the storage time its scan of ``entries/`` began: every version
+written before then is in it, so a cold start reads the newest snapshot and then
+the journal from ``covers_ms`` minus the look-back. Leases are never overwritten:
+taking or renewing one is creating the next term with ``If-None-Match: *``, so of
+two contenders exactly one wins, on any provider that honours conditional writes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from amfs_s3.exceptions import AdapterError
+from amfs_s3.layout import Layout
+
+SNAPSHOT_FORMAT = 1
+_SNAPSHOT_FILE = re.compile(r"^snapshot-(\d{13})\.json\.gz$")
+_LEASE_FILE = re.compile(r"^lease-(\d{10})\.json$")
+
+Name = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """What the memory held when a scan began at ``covers_ms`` (storage time)."""
+
+    covers_ms: int
+    writer: str
+    entries: Mapping[Name, tuple[int, int]]  # (entity, key) → (current version, versions)
+    outcomes: int
+    # Refs of counted outcomes whose journal records a cold start may read again
+    # (from covers_ms minus the look-back on): it counts those once, not twice.
+    recent_outcomes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Lease:
+    term: int
+    holder: str
+    expires_at_ms: int
+
+    def held_by_other_than(self, holder: str, now_ms: int) -> bool:
+        return self.holder != holder and self.expires_at_ms > now_ms
+
+
+def snapshot_key(layout: Layout, covers_ms: int) -> str:
+    return f"{layout.index_root}snapshot-{covers_ms:013d}.json.gz"
+
+
+def parse_snapshot_key(layout: Layout, object_key: str) -> int | None:
+    """``…/index/snapshot-0001700000000000.json.gz`` → its ``covers_ms``."""
+    if not object_key.startswith(layout.index_root):
+        return None
+    match = _SNAPSHOT_FILE.match(object_key[len(layout.index_root):])
+    return int(match.group(1)) if match else None
+
+
+def lease_key(layout: Layout, term: int) -> str:
+    return f"{layout.index_root}lease-{term:010d}.json"
+
+
+def parse_lease_key(layout: Layout, object_key: str) -> int | None:
+    if not object_key.startswith(layout.index_root):
+        return None
+    match = _LEASE_FILE.match(object_key[len(layout.index_root):])
+    return int(match.group(1)) if match else None
+
+
+def encode_snapshot(snapshot: IndexSnapshot) -> bytes:
+    doc = {
+        "format": SNAPSHOT_FORMAT,
+        "covers_ms": snapshot.covers_ms,
+        "writer": snapshot.writer,
+        "outcomes": snapshot.outcomes,
+        "recent_outcomes": sorted(snapshot.recent_outcomes),
+        "entries": [
+            [entity, key, current, versions]
+            for (entity, key), (current, versions) in sorted(snapshot.entries.items())
+        ],
+    }
+    raw = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+def decode_snapshot(object_key: str, body: bytes) -> IndexSnapshot:
+    try:
+        doc = json.loads(gzip.decompress(body))
+        if doc.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"format {doc.get('format')!r}, this sidecar reads {SNAPSHOT_FORMAT}")
+        entries = {
+            (str(entity), str(key)): (int(current), int(versions))
+            for entity, key, current, versions in doc["entries"]
+        }
+        return IndexSnapshot(covers_ms=int(doc["covers_ms"]), writer=str(doc["writer"]),
+                             entries=entries, outcomes=int(doc["outcomes"]),
+                             recent_outcomes=frozenset(
+                                 str(ref) for ref in doc.get("recent_outcomes", [])))
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise AdapterError(f"index snapshot {object_key!r} is unreadable: {exc}") from None
+
+
+def encode_lease(lease: Lease) -> bytes:
+    return json.dumps({"term": lease.term, "holder": lease.holder,
+                       "expires_at_ms": lease.expires_at_ms}).encode("utf-8")
+
+
+def decode_lease(term: int, body: bytes) -> Lease:
+    try:
+        doc = json.loads(body)
+        return Lease(term=term, holder=str(doc["holder"]),
+                     expires_at_ms=int(doc["expires_at_ms"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AdapterError(f"lease term {term} is unreadable: {exc}") from None
