@@ -20,7 +20,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	# Three workers on two cores: most tests wait on sidecars, polls and S3, not the CPU;
+	# loadfile keeps a module's shared servers in one worker.
+	$(BIN)/python -m pytest -m "not slow" -n 3 --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
