@@ -47,11 +47,12 @@ def test_a_snapshot_round_trips_names_with_any_characters() -> None:
     assert encode_snapshot(snapshot) == encode_snapshot(snapshot)
 
 
+# mtime=0 and ids: gzip stamps the time, and every xdist worker must collect the same ids.
 @pytest.mark.parametrize("body", [
-    b"not gzip", gzip.compress(b"not json"), gzip.compress(b'{"format": 99}'),
+    b"not gzip", gzip.compress(b"not json", mtime=0), gzip.compress(b'{"format": 99}', mtime=0),
     gzip.compress(b'{"format": 1, "covers_ms": 1, "writer": "w", "outcomes": 0, '
-                  b'"entries": [["only-two", 1]]}'),
-])
+                  b'"entries": [["only-two", 1]]}', mtime=0),
+], ids=["not gzip", "not json", "unknown format", "entry of two fields"])
 def test_an_unreadable_snapshot_is_a_clear_error(body: bytes) -> None:
     with pytest.raises(AdapterError, match="index snapshot 'the-key' is unreadable"):
         decode_snapshot("the-key", body)
