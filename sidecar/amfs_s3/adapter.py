@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 from amfs_core.abc import AdapterABC, WatchHandle
 from amfs_core.embedder import EmbedderABC
 from amfs_core.evidence import apply_record_to_entry, cited_entries
@@ -44,6 +45,7 @@ from pydantic import SecretStr, ValidationError
 
 from amfs_s3 import config as config_module
 from amfs_s3 import probe as probe_cache
+from amfs_s3 import small_puts, timestamps
 from amfs_s3.background import BackgroundQueue
 from amfs_s3.clock import StorageClock
 from amfs_s3.config import S3Settings
@@ -238,7 +240,10 @@ class S3Adapter(AdapterABC):
     # ------------------------------------------------------------------
 
     def _make_client(self, key_id: SecretStr | None, secret: SecretStr | None) -> Any:
-        session = boto3.session.Session()
+        # One botocore session per client: the parser default below is its own.
+        botocore_session = botocore.session.get_session()
+        timestamps.install(botocore_session)
+        session = boto3.session.Session(botocore_session=botocore_session)
         client = session.client(
             "s3",
             endpoint_url=self.settings.endpoint_url,
@@ -249,6 +254,7 @@ class S3Adapter(AdapterABC):
         )
         client.meta.events.register("after-call.s3", self._observe_storage_date)
         self._deadline.install(client.meta.events)
+        small_puts.install(client.meta.events)
         if self._observer is not None:
             # One event per attempt, retries included, whether an answer came or
             # the connection failed (after-call/after-call-error fire once per call,
