@@ -78,7 +78,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    default=int(env.get(ENV_METRICS_PORT) or DEFAULT_METRICS_PORT),
                    help="TCP port for /metrics, /health and /ready (env AMFS_METRICS_PORT; "
                         "0 = any free port)")
-    p.add_argument("--metrics-host", default="0.0.0.0")
+    p.add_argument("--metrics-host", default=None,
+                   help="address for the metrics port (default 0.0.0.0, for Prometheus in a "
+                        "pod; 127.0.0.1 with --embedded-s3, a job on your own machine)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning",
@@ -206,6 +208,12 @@ def with_overrides(settings: S3Settings, args: argparse.Namespace) -> S3Settings
         raise ConfigError(f"invalid flags: {problems}") from None
 
 
+def metrics_host(args: argparse.Namespace) -> str:
+    if args.metrics_host is not None:
+        return str(args.metrics_host)
+    return "127.0.0.1" if args.embedded_s3 else "0.0.0.0"
+
+
 def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[str, str]
                    ) -> SidecarConfig:
     socket_path = args.socket or (Path(env[ENV_SOCKET]) if env.get(ENV_SOCKET) else None)
@@ -215,7 +223,7 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         settings=settings,
         socket_path=socket_path,
         listen=args.listen,
-        metrics_host=args.metrics_host,
+        metrics_host=metrics_host(args),
         metrics_port=args.metrics_port,
         max_entry_bytes=args.max_entry_bytes,
         cache_bytes=args.cache_bytes,

@@ -28,6 +28,7 @@ def test_env_form_with_defaults() -> None:
     assert (config.metrics_port, config.max_entry_bytes, config.cache_bytes) == (
         9464, 1048576, 67108864)
     assert config.drain_seconds == 10 and config.listen is None and not config.read_only
+    assert config.metrics_host == "0.0.0.0"  # Prometheus scrapes the pod's address
 
 
 def test_flags_beat_env_and_the_config_file(tmp_path: Path) -> None:
@@ -55,6 +56,10 @@ def test_embedded_s3_defaults_to_the_run_directory() -> None:
     config = cli.sidecar_config(args, S3Settings(bucket="amfs-local"), {})
     assert config.socket_path == Path("./.run/amfs.sock")
     assert "--unix-socket .run/amfs.sock" in cli.try_commands(config.socket_path)
+    assert config.metrics_host == "127.0.0.1"  # a job on one's own machine stays on it
+    explicit = cli.build_parser({}).parse_args(["--embedded-s3", "--metrics-host", "0.0.0.0"])
+    assert cli.sidecar_config(explicit, S3Settings(bucket="amfs-local"), {}).metrics_host == (
+        "0.0.0.0")
 
 
 @pytest.mark.parametrize(("argv", "provider"), [
