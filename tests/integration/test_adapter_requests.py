@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +16,8 @@ import boto3
 import pytest
 from amfs_core.models import OutcomeRecord, OutcomeType
 
-from amfs_s3 import S3Adapter
+from amfs_s3 import S3Adapter, small_puts
 from amfs_s3 import probe as probe_cache
-from amfs_s3 import small_puts
 from amfs_s3.config import S3Settings
 from tests.fixtures.s3 import all_keys
 from tests.fixtures.s3_proxy import FaultProxy
@@ -54,14 +52,6 @@ def total(seen: list[tuple[str, str, str]]) -> Counter[str]:
 @pytest.fixture
 def log() -> ThreadedLog:
     return ThreadedLog()
-
-
-@pytest.fixture
-def adapters() -> Iterator[list[S3Adapter]]:
-    made: list[S3Adapter] = []
-    yield made
-    for adapter in made:
-        adapter.close()
 
 
 @pytest.fixture
@@ -285,11 +275,12 @@ def test_listed_timestamps_are_parsed_by_the_standard_library(adapter, bucket) -
     """dateutil took a third of a cold read's CPU; the adapter's client uses
     datetime.fromisoformat for S3's ISO 8601 (an aware UTC datetime, not dateutil's tzutc)."""
     adapter.write(make_entry("svc", "when", 1))
-    listed = adapter.client.list_objects_v2(Bucket=bucket, Prefix="amfs/default/entries/")["Contents"]
+    entries = "amfs/default/entries/"
+    listed = adapter.client.list_objects_v2(Bucket=bucket, Prefix=entries)["Contents"]
     assert listed and all(obj["LastModified"].tzinfo is UTC for obj in listed)
     plain = boto3.client("s3", endpoint_url=adapter.settings.endpoint_url,
                          region_name="us-east-1")  # a default session's client: untouched
-    other = plain.list_objects_v2(Bucket=bucket, Prefix="amfs/default/entries/")["Contents"]
+    other = plain.list_objects_v2(Bucket=bucket, Prefix=entries)["Contents"]
     assert [o["LastModified"].timestamp() for o in other] == [
         o["LastModified"].timestamp() for o in listed]
     assert all(o["LastModified"].tzinfo is not UTC for o in other)

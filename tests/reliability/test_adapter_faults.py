@@ -12,7 +12,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -49,15 +49,6 @@ def adapter_via(proxy: FaultProxy | str, bucket: str, **kwargs: Any) -> S3Adapte
     adapter = S3Adapter(bucket, endpoint_url=endpoint, aws_access_key_id="testing",
                         aws_secret_access_key="testing", **kwargs)
     return adapter
-
-
-@pytest.fixture
-def adapters() -> Iterator[list[S3Adapter]]:
-    """Collects adapters a test makes and closes them however the test ends."""
-    made: list[S3Adapter] = []
-    yield made
-    for adapter in made:
-        adapter.close()
 
 
 def stored_versions(s3_client, bucket: str, entity_path: str, key: str) -> list[int]:  # type: ignore[no-untyped-def]

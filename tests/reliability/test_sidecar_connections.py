@@ -19,8 +19,6 @@ import select
 import selectors
 import socket
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -36,7 +34,7 @@ from tests.fixtures.sidecar import (
     SidecarFactory,
     SidecarProcess,
     metric_value,
-    sidecar_env,
+    spawn_sidecar,
     wait_until,
 )
 from tests.integration.test_adapter import make_entry
@@ -214,31 +212,9 @@ def test_past_the_limit_a_503_and_a_slot_freed_is_a_slot_reused(
 
 def spawn(settings: S3Settings, socket_path: Path, *args: str,
           nofile: int | None = None) -> SidecarProcess:
-    """``python -m amfs_sidecar`` on the socket and an ephemeral loopback port."""
-
-    def limit_descriptors() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    log_path = socket_path.with_suffix(".log")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "amfs_sidecar", "--socket", str(socket_path),
-             "--listen", "127.0.0.1:0", "--metrics-port", "0", "--metrics-host", "127.0.0.1",
-             "--poll-interval", "0.2", *args],
-            env=sidecar_env(settings), stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=limit_descriptors,
-        )
-    running = SidecarProcess(process, socket_path, log_path)
-    try:
-        wait_until(lambda: running.ready() or process.poll() is not None, 30,
-                   message="sidecar process ready")
-    except AssertionError:
-        process.kill()
-        raise
-    if process.poll() is not None:
-        raise AssertionError(f"sidecar exited with {process.returncode}:\n{running.log()}")
-    return running
+    """A sidecar process that also listens on an ephemeral loopback TCP port."""
+    return spawn_sidecar(settings, socket_path, "--listen", "127.0.0.1:0",
+                         "--poll-interval", "0.2", *args, nofile=nofile)
 
 
 def urls(running: SidecarProcess) -> tuple[tuple[str, int], str, int]:
