@@ -46,6 +46,7 @@ from amfs_s3.layout import (
     validate_outcome_ref,
 )
 from amfs_sidecar import models
+from amfs_sidecar.connections import DEFAULT_BODY_TIMEOUT
 from amfs_sidecar.exceptions import EntryTooLargeError
 from amfs_sidecar.guard import guard
 from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
@@ -73,11 +74,14 @@ BODY_OVERHEAD_BYTES = 64 * 1024
 class ApiError(Exception):
     """An error the API answers with *status* and ``{"detail": ...}``."""
 
-    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+    def __init__(self, status: int, detail: str, *, close_connection: bool = False,
+                 **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.extra = extra
+        # The rest of a request that timed out may still arrive: never read it as the next.
+        self.close_connection = close_connection
 
 
 class ReadOnlyError(ApiError):
@@ -127,6 +131,7 @@ class ApiContext:
     metrics: SidecarMetrics
     offload: Offload
     max_entry_bytes: int = 1024 * 1024
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
     read_only: bool = False
     heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
     version: str = "0.1.0"
@@ -159,7 +164,10 @@ def _validation_detail(exc: ValidationError) -> tuple[str, list[dict[str, Any]]]
 def map_exception(exc: BaseException) -> web.Response:
     """The one mapping from errors to HTTP answers."""
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.detail, **exc.extra)
+        response = error_response(exc.status, exc.detail, **exc.extra)
+        if exc.close_connection:
+            response.force_close()
+        return response
     if isinstance(exc, ValidationError):
         text, errors = _validation_detail(exc)
         return error_response(422, text, type="ValidationError", errors=errors)
@@ -240,8 +248,13 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 async def _json_object(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         raise ApiError(400, "request body is required (a JSON object)")
+    timeout = request.app[CTX].body_timeout
     try:
-        raw = await request.read()
+        raw = await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {timeout:g} s of its head "
+                            "(--body-timeout); the connection is closed",
+                       close_connection=True) from None
     except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body does not match
         reason = " ".join(str(exc).split()).removeprefix("400, message: ")
         raise ApiError(400, f"request body could not be read: {reason}") from None

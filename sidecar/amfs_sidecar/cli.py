@@ -18,7 +18,11 @@ from amfs_s3 import config as amfs_config
 from amfs_s3.config import S3Settings
 from amfs_s3.exceptions import ConfigError
 from amfs_sidecar import check_storage, logs
-from amfs_sidecar.connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT
+from amfs_sidecar.connections import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+)
 from amfs_sidecar.fdbudget import DEFAULT_MAX_CONNECTIONS
 from amfs_sidecar.logs import fields
 from amfs_sidecar.server import (
@@ -137,6 +141,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="a connection must send a whole request head within this long of "
                         "connecting (or of the head's first byte, on a kept-alive "
                         f"connection); else 408 and closed (default {DEFAULT_HEADER_TIMEOUT:g})")
+    p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT,
+                   metavar="SECONDS",
+                   help="a request body must arrive whole within this long of its head; else "
+                        f"408 and closed (default {DEFAULT_BODY_TIMEOUT:g})")
     p.add_argument("--keepalive-timeout", type=float, default=DEFAULT_KEEPALIVE_TIMEOUT,
                    metavar="SECONDS",
                    help="an idle keep-alive connection is closed after this long "
@@ -165,6 +173,7 @@ def _check_positive(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         ("--stream-write-timeout", args.stream_write_timeout, args.stream_write_timeout > 0),
         ("--header-timeout", args.header_timeout, args.header_timeout > 0),
         ("--keepalive-timeout", args.keepalive_timeout, args.keepalive_timeout > 0),
+        ("--body-timeout", args.body_timeout, args.body_timeout > 0),
         ("--max-connections", args.max_connections,
          args.max_connections is None or args.max_connections > 0),
     ]
@@ -238,6 +247,7 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         stream_write_timeout=args.stream_write_timeout,
         header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout,
+        body_timeout=args.body_timeout,
         max_connections=args.max_connections,
         index_snapshot=args.index_snapshot == "on",
     )

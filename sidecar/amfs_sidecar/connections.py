@@ -38,6 +38,15 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_KEEPALIVE_TIMEOUT = 30.0
+# From the end of the head to the last byte of the body (at most --max-entry-bytes,
+# 1 MiB by default: 35 KB/s would still make it). A body trickled in a byte at a time
+# would otherwise hold a connection slot for as long as its sender likes.
+DEFAULT_BODY_TIMEOUT = 30.0
+# After an answer given before the body was read (408, 413, 415, 403), aiohttp reads
+# and drops the rest so the client sees the answer, for up to this long (its default,
+# 10 s, would let a trickling client hold the slot that much longer). Every client
+# is local (the socket, loopback TCP): a body that is coming arrives in far less.
+LINGER_SECONDS = 2.0
 # Prometheus and the kubelet's probes need a handful; agents never use this port.
 METRICS_MAX_CONNECTIONS = 16
 # asyncio accepts up to a listener's backlog per loop iteration, and a refused

@@ -35,8 +35,10 @@ from amfs_sidecar.api import CTX, ApiContext, add_probe_routes, build_app, defau
 from amfs_sidecar.connections import (
     ACCEPT_BATCHES_IN_FLIGHT,
     API_BACKLOG,
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT,
+    LINGER_SECONDS,
     METRICS_BACKLOG,
     METRICS_MAX_CONNECTIONS,
     REFUSAL_LINGER_SLOTS,
@@ -90,6 +92,7 @@ class SidecarConfig:
     stream_write_timeout: float = DEFAULT_WRITE_TIMEOUT_SECONDS
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
     max_connections: int | None = None  # None: the default, lowered to fit RLIMIT_NOFILE
     index_snapshot: bool = True  # False: every sidecar scans entries/ (bench comparison)
 
@@ -230,6 +233,7 @@ class Sidecar:
         return ApiContext(
             adapter=adapter, index=index, cache=cache, hub=hub, sync=sync,
             metrics=self.metrics, offload=offload, max_entry_bytes=cfg.max_entry_bytes,
+            body_timeout=cfg.body_timeout,
             read_only=cfg.read_only, heartbeat=cfg.heartbeat_seconds, version=__version__,
             agent_id=cfg.agent_id or default_agent_id(),
         )
@@ -274,7 +278,8 @@ class Sidecar:
                             ) -> web.AppRunner:
         runner = GuardedAppRunner(app, guard, access_log=None,
                                   shutdown_timeout=self.config.drain_seconds,
-                                  keepalive_timeout=self.config.keepalive_timeout)
+                                  keepalive_timeout=self.config.keepalive_timeout,
+                                  lingering_time=LINGER_SECONDS)
         await runner.setup()
         self._runners.append(runner)
         return runner
@@ -327,7 +332,7 @@ class Sidecar:
             bucket=ctx.adapter.settings.bucket, prefix=ctx.adapter.settings.prefix,
             namespace=ctx.adapter.settings.namespace, read_only=cfg.read_only,
             max_connections=max_connections, header_timeout=cfg.header_timeout,
-            keepalive_timeout=cfg.keepalive_timeout,
+            keepalive_timeout=cfg.keepalive_timeout, body_timeout=cfg.body_timeout,
         ))
 
     async def _apply_credentials(self, key_id: str | None, secret: str | None) -> None:

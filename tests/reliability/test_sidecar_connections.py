@@ -124,7 +124,7 @@ def descriptors() -> Iterator[int]:
 def guarded(sidecar_factory: SidecarFactory) -> RunningSidecar:
     # Keep-alive longer than the head deadline: its timer starts at accept too, and
     # would otherwise close a slow head first (without a 408).
-    return sidecar_factory(header_timeout=1.0, keepalive_timeout=KEEPALIVE,
+    return sidecar_factory(header_timeout=1.0, keepalive_timeout=KEEPALIVE, body_timeout=1.0,
                            listen=("127.0.0.1", 0))
 
 
@@ -142,6 +142,30 @@ def test_slowloris_gets_408_at_the_header_deadline(guarded: RunningSidecar,
     assert reply.startswith(b"HTTP/1.1 408 ")
     assert guarded.metric("amfs_sidecar_connections_closed_total", listener="api",
                           reason="header_timeout") == 1
+
+
+@pytest.mark.parametrize("listener", ["unix", "tcp"])
+def test_a_trickled_body_gets_408_at_the_body_deadline_and_is_closed(guarded: RunningSidecar,
+                                                                    listener: str) -> None:
+    """The head arrives whole (the head deadline is met), the body a byte at a time."""
+    assert guarded.sidecar.api_url is not None
+    body = b'{"entity_path": "svc", "key": "k", "value": "' + b"v" * 200 + b'"}'
+    head = (b"POST /api/v1/entries HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    sock = (unix(guarded.socket_path) if listener == "unix"
+            else tcp(tcp_address(guarded.sidecar.api_url)))
+    started = time.monotonic()
+    with sock:
+        sock.sendall(head)
+        sent, reply = drip_until_closed(sock, body, max_bytes=int(1.0 / DRIP_SECONDS) + 4)
+    print(f"\ntrickled body ({listener}, --body-timeout 1): closed after "
+          f"{time.monotonic() - started:.2f} s, {sent} of {len(body)} body bytes")
+    assert sent < len(body)
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert b"--body-timeout" in reply and b"Connection: close" in reply
+    assert guarded.metric("amfs_sidecar_requests_total", route="/api/v1/entries",
+                          method="POST", code="408") == 1
+    assert guarded.sidecar.ctx is not None and guarded.sidecar.ctx.index.count("entries") == 0
 
 
 def test_each_later_head_on_a_kept_alive_connection_has_the_deadline(

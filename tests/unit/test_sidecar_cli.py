@@ -107,7 +107,7 @@ def test_listen_refuses_anything_else(value: str, message: str) -> None:
 @pytest.mark.parametrize("argv", [["--max-entry-bytes", "0"], ["--poll-interval", "-1"],
                                   ["--metrics-port", "70000"], ["--log-format", "xml"],
                                   ["--header-timeout", "0"], ["--keepalive-timeout", "-1"],
-                                  ["--max-connections", "0"]])
+                                  ["--max-connections", "0"], ["--body-timeout", "0"]])
 def test_out_of_range_flags_exit_with_usage(argv: list[str], capsys: pytest.CaptureFixture[str],
                                             restore_logging: None) -> None:
     with pytest.raises(SystemExit) as caught:
@@ -153,9 +153,9 @@ def test_insecure_socket_dir_is_allowed_by_flag_or_env() -> None:
 
 def test_connection_flags_and_their_defaults() -> None:
     config = config_for([], ENV)
-    assert (config.header_timeout, config.keepalive_timeout, config.max_connections) == (
-        10.0, 30.0, None)
+    assert (config.header_timeout, config.keepalive_timeout, config.max_connections,
+            config.body_timeout) == (10.0, 30.0, None, 30.0)
     config = config_for(["--header-timeout", "2.5", "--keepalive-timeout", "5",
-                         "--max-connections", "300"], ENV)
-    assert (config.header_timeout, config.keepalive_timeout, config.max_connections) == (
-        2.5, 5.0, 300)
+                         "--max-connections", "300", "--body-timeout", "4"], ENV)
+    assert (config.header_timeout, config.keepalive_timeout, config.max_connections,
+            config.body_timeout) == (2.5, 5.0, 300, 4.0)
