@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -14,7 +15,7 @@ import pytest
 from amfs_operator.probe import PROBE_DIR
 from amfs_s3.config import parse_amfs_yaml
 from tests.fixtures.kubernetes import Cluster, OperatorThread, condition
-from tests.fixtures.s3 import all_keys
+from tests.fixtures.s3 import all_keys, delete_bucket
 
 ACCESS_KEY = "AKIATESTROTATION0001"
 SECRET_KEY = "s3cr3t/Value+That-Must-Never-Leak"
@@ -210,9 +211,15 @@ def test_missing_bucket_with_create_bucket(
     add_credentials(cluster, ns)
     name = f"made-{ns}"
     cluster.create_memory(ns, "mem", memory_spec(name, s3_endpoint, createBucket=True))
-    body = cluster.wait_condition(ns, "mem", "Ready", "True")
-    assert condition(body, "BucketReachable")["reason"] == "BucketCreated"
-    s3_client.head_bucket(Bucket=name)
+    try:
+        body = cluster.wait_condition(ns, "mem", "Ready", "True")
+        assert condition(body, "BucketReachable")["reason"] == "BucketCreated"
+        s3_client.head_bucket(Bucket=name)
+    finally:
+        cluster.delete_memory(ns, "mem")
+        cluster.wait_gone(ns, "mem")
+        with contextlib.suppress(botocore.exceptions.ClientError):
+            delete_bucket(s3_client, name)
 
 
 def test_provider_ignoring_conditional_writes_is_shown(
@@ -281,7 +288,7 @@ def test_secret_of_another_namespace_is_never_read(
 
 def test_immutable_fields_are_enforced_by_the_operator_too(
     cluster: Cluster, operator: OperatorThread, k8s_namespace: str, s3_endpoint: str,
-    bucket: str, s3_client: Any,
+    bucket: str, make_bucket: Any,
 ) -> None:
     # The CRD's CEL rules stop this on a real API server; the emulator has no CEL.
     ns = k8s_namespace
@@ -289,9 +296,9 @@ def test_immutable_fields_are_enforced_by_the_operator_too(
     cluster.create_memory(ns, "mem", memory_spec(bucket, s3_endpoint))
     cluster.wait_condition(ns, "mem", "Ready", "True")
     before = cluster.get(ns, "configmaps", "mem-amfs")
-    s3_client.create_bucket(Bucket=f"{bucket}-2")
+    moved_to = make_bucket()
 
-    cluster.patch_memory(ns, "mem", {"spec": {"bucket": f"{bucket}-2"}})
+    cluster.patch_memory(ns, "mem", {"spec": {"bucket": moved_to}})
     body = cluster.wait_condition(ns, "mem", "Ready", "False", "ImmutableFieldChanged")
     assert f"bucket='{bucket}'" in condition(body, "Ready")["message"]
     assert cluster.get(ns, "configmaps", "mem-amfs") == before

@@ -126,14 +126,13 @@ def test_delete_skips_a_nested_root_that_a_bound_memory_still_holds(
 
 def test_delete_after_a_forbidden_move_removes_nothing_anywhere(
     cluster: Cluster, operator: OperatorThread, k8s_namespace: str, s3_endpoint: str,
-    bucket: str, s3_client: Any,
+    bucket: str, s3_client: Any, make_bucket: Any,
 ) -> None:
     """A real API server's CEL rules stop a move; the operator does not rely on them: a
     memory whose spec names another place than its ConfigMap deletes neither."""
     ns = k8s_namespace
     add_credentials(cluster, ns)
-    other = f"{bucket}-other"
-    s3_client.create_bucket(Bucket=other)
+    other = make_bucket()
     cluster.create_memory(ns, "mem", spec(bucket, s3_endpoint, namespace="shared"))
     cluster.wait_condition(ns, "mem", "Ready", "True")
     put_objects(s3_client, bucket, "amfs/shared/")
