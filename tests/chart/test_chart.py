@@ -490,6 +490,7 @@ def test_prometheus_rule_has_every_alert_with_thresholds_from_values(render: Ren
     values = {"metrics": {"prometheusRule": {"enabled": True, "alerts": {
         "pollStale": {"intervals": 4, "minSeconds": 30, "for": "3m", "severity": "critical"},
         "pollLagHigh": {"thresholdSeconds": 12, "for": "5m", "severity": "warning"},
+        "clockOffset": {"thresholdSeconds": 45, "for": "20m", "severity": "warning"},
     }}}}
     rule = find(objects(render(values)), "PrometheusRule")
     alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
@@ -497,7 +498,9 @@ def test_prometheus_rule_has_every_alert_with_thresholds_from_values(render: Ren
     assert set(alerts) == {
         "AMFSOperatorAbsent", "AMFSMemoryNotReady", "AMFSSidecarDown", "AMFSSidecarsAbsent",
         "AMFSSidecarNeverSynced", "AMFSSidecarPollLagHigh", "AMFSSidecarPollStale",
-        "AMFSSidecarS3ErrorRateHigh", "AMFSSidecarAPILatencyHigh",
+        "AMFSSidecarS3ErrorRateHigh", "AMFSSidecarAPILatencyHigh", "AMFSSidecarJournalPending",
+        "AMFSSidecarClockOffsetHigh", "AMFSSidecarJournalFutureRecords",
+        "AMFSSidecarConnectionsRefused",
     }
     for alert in alerts.values():
         assert alert["labels"]["severity"] in {"warning", "critical"}
@@ -509,6 +512,11 @@ def test_prometheus_rule_has_every_alert_with_thresholds_from_values(render: Ren
     assert (alerts["AMFSSidecarPollStale"]["for"],
             alerts["AMFSSidecarPollStale"]["labels"]["severity"]) == ("3m", "critical")
     assert alerts["AMFSSidecarPollLagHigh"]["expr"].rstrip().endswith("> 12")
+    # Either sign: the pod's clock ahead of the storage's or behind it.
+    assert alerts["AMFSSidecarClockOffsetHigh"]["expr"].split() == [
+        "amfs_sidecar_storage_clock_offset_seconds", ">", "45", "or",
+        "amfs_sidecar_storage_clock_offset_seconds", "<", "-45"]
+    assert alerts["AMFSSidecarClockOffsetHigh"]["for"] == "20m"
     assert alerts["AMFSMemoryNotReady"]["for"] == "10m"
     assert 'job="amfs-metrics"' in alerts["AMFSOperatorAbsent"]["expr"]
     # The PodMonitor's job as Prometheus Operator names it: <namespace>/<name>.

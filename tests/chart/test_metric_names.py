@@ -219,6 +219,18 @@ def test_dashboards_and_alerts_query_only_exported_metrics(
                  "amfs_operator_memories", "amfs_operator_reconcile_total",
                  "amfs_operator_bucket_probe_failures_total"):
         assert name in used
+    # Every series the sidecar exports from its first scrape, and the stream resumes (no
+    # series until a stream resumes), is on a dashboard; the ones an alert watches, too.
+    sidecar_series = {n for n in exported(sidecar_metrics)
+                      if n.startswith("amfs_sidecar_") and not n.endswith(("_sum", "_count"))}
+    assert {"amfs_sidecar_stream_resumes_total", "amfs_sidecar_connections",
+            "amfs_sidecar_connections_closed_total"} <= sidecar_series
+    on_dashboards = set().union(*(queried_metrics(e) for _, e in dashboard_expressions()))
+    assert sidecar_series - on_dashboards == set()
+    alerted = set().union(*(queried_metrics(e) for _, e in alert_expressions(render)))
+    assert {"amfs_sidecar_journal_pending_records", "amfs_sidecar_storage_clock_offset_seconds",
+            "amfs_sidecar_journal_future_records_total",
+            "amfs_sidecar_connections_closed_total"} <= alerted
 
 
 def test_sidecar_series_carry_the_memory_labels_the_dashboards_filter_on(
