@@ -764,6 +764,13 @@ class S3Adapter(AdapterABC):
         """Records not yet in S3: held after a failed PUT, or still queued."""
         return len(self._pending_journal) + self._journal_queue.unfinished
 
+    @property
+    def held_journal_records(self) -> int:
+        """Records S3 refused, held for :meth:`flush_journal` (not those still queued:
+        a busy writer always has some on their way out)."""
+        with self._pending_lock:
+            return len(self._pending_journal)
+
     def pending_journal_changes(self) -> builtins.list[Change]:
         """The records waiting for S3, oldest first: in no listing until written."""
         with self._pending_lock:

@@ -125,7 +125,8 @@ class Synchronizer:
         self.stream_safe_ms = 0
         self.replay_window_ms = replay_window_ms
         hub.position = lambda: self.stream_safe_ms
-        metrics.bind_pending_journal_records(lambda: adapter.pending_journal_records)
+        # What the metric says: records S3 refused, not those queued behind a busy writer.
+        metrics.bind_pending_journal_records(lambda: adapter.held_journal_records)
 
     @property
     def ready(self) -> bool:

@@ -135,6 +135,7 @@ class _Adapter:
 
     layout = LAYOUT
     pending_journal_records = 0
+    held_journal_records = 0
 
     def __init__(self) -> None:
         self.clock = StorageClock(local=lambda: NOW / 1000)
