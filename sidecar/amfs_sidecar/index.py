@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from amfs_core.models import MemoryEntry
@@ -97,9 +97,25 @@ class EntryIndex:
         once it has settled), so a scan does not announce a second time a write the
         journal is about to deliver.
         """
+        return self.adopt(self._judge(scanned, unsettled), since=since)
+
+    def replace_slice(
+        self, scanned: Mapping[Name, Iterable[int]], *, within: Callable[[Name], bool],
+        since: int, unsettled: Mapping[Name, Iterable[int]] | None = None,
+    ) -> list[tuple[str, str, int]]:
+        """:meth:`replace` for one slice of the rolling scan: *scanned* is every version
+        of every name for which *within* is true; names outside it are left alone."""
+        return self.adopt_slice(self._judge(scanned, unsettled), within=within, since=since)
+
+    def _judge(
+        self, scanned: Mapping[Name, Iterable[int]],
+        unsettled: Mapping[Name, Iterable[int]] | None,
+    ) -> dict[Name, tuple[int, int]]:
+        """(current version, versions) per listed name, young versions left out."""
         young = {name: set(numbers) for name, numbers in (unsettled or {}).items()}
         with self._lock:
-            slots = {name: (slot.version, slot.versions) for name, slot in self._slots.items()}
+            slots = {name: (slot.version, slot.versions) for name, slot in self._slots.items()
+                     if name in scanned}
         counts: dict[Name, tuple[int, int]] = {}
         for name, listed in scanned.items():
             numbers = sorted(listed)
@@ -115,7 +131,7 @@ class EntryIndex:
                 # Listed, but only versions the journal has yet to deliver:
                 # what the index knows stands.
                 counts[name] = (known, known_versions)
-        return self.adopt(counts, since=since)
+        return counts
 
     def adopt(
         self, counts: Mapping[Name, tuple[int, int]], *, since: int
@@ -143,6 +159,34 @@ class EntryIndex:
                     fresh[name] = old
             self._slots = fresh
             self._versions_total = sum(slot.versions for slot in fresh.values())
+        return newer
+
+    def adopt_slice(
+        self, counts: Mapping[Name, tuple[int, int]], *, within: Callable[[Name], bool],
+        since: int,
+    ) -> list[tuple[str, str, int]]:
+        """:meth:`adopt` for the names *within* one slice of the memory: the others keep
+        what they have. The slots are updated in place, so the lock is held for the
+        slice's names only; finding the names the slice no longer lists looks at every
+        name, outside the lock."""
+        with self._lock:
+            known = list(self._slots)
+        gone = [name for name in known if name not in counts and within(name)]
+        newer: list[tuple[str, str, int]] = []
+        with self._lock:
+            for name, (top, versions) in counts.items():
+                old = self._slots.get(name)
+                if old is not None and old.touched > since and old.version >= top:
+                    continue
+                if old is None or top > old.version:
+                    newer.append((name[0], name[1], top))
+                self._versions_total += versions - (old.versions if old else 0)
+                self._slots[name] = _Slot(top, versions, old.touched if old else 0)
+            for name in gone:
+                old = self._slots.get(name)
+                if old is not None and old.touched <= since:
+                    del self._slots[name]
+                    self._versions_total -= old.versions
         return newer
 
     def versions_of(self, entity_path: str, key: str) -> int:
