@@ -9,14 +9,16 @@ The lease holder's scan rolls: each interval it lists a bounded number of pages
 of ``entries/`` (and of ``outcomes/``), from where the previous interval stopped
 (``StartAfter``), and wraps to the start at the end. A slice of ``entries/``
 ends where no (entity, key) has versions on both sides (:func:`entry_slice_cut`),
-so every name in a slice has all its versions counted.
+so every name in a slice has all its versions counted. Positions are object keys
+handed back to the provider as ``StartAfter``, never compared here: each provider
+lists in its own order.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,7 +27,7 @@ from botocore.exceptions import ClientError
 
 from amfs_s3.adapter import S3Adapter
 from amfs_s3.exceptions import S3AccessError
-from amfs_s3.layout import Layout, escape_segment
+from amfs_s3.layout import Layout
 from amfs_s3.snapshot import (
     IndexSnapshot,
     Lease,
@@ -100,38 +102,21 @@ def open_folder(root: str, keys: Sequence[str]) -> str | None:
 
 def entry_slice_cut(root: str, keys: Sequence[str]) -> int:
     """How many of *keys* a slice keeps: those before :func:`open_folder`; 0 when the
-    listing is all inside it (then that folder is listed to its end)."""
+    listing is all inside it (then that folder is listed to its end).
+
+    Only the listing's own order is used, never a comparison of keys: providers
+    order differently (AWS and moto by the key's bytes, SeaweedFS folder by folder,
+    so ``a/b`` comes before ``a%2Fb`` there), but in every order a folder's objects
+    are listed together, so they are the run at the end of *keys*."""
     if not keys:
         return 0
     folder = open_folder(root, keys)
     if folder is None:
         return len(keys)
-    return next((i + 1 for i in range(len(keys) - 1, -1, -1) if keys[i] < folder), 0)
-
-
-def in_range(object_key: str, after: str | None, through: str | None) -> bool:
-    """Whether *object_key* is in the slice (*after*, *through*]; None is open."""
-    return (after is None or object_key > after) and (through is None or object_key <= through)
-
-
-def name_probe(layout: Layout) -> Callable[[Name], str]:
-    """(entity, key) → the object key of its v1, which every stored name has and
-    which sits on the same side of every slice end as all its versions. The layout's
-    escaping without its validation: the names come from the index, which holds only
-    names that were stored or listed (a name listed from S3 may not pass today's
-    validation, and validating a million names every interval costs seconds)."""
-    folders: dict[str, str] = {}
-
-    def probe(name: Name) -> str:
-        entity, key = name
-        folder = folders.get(entity)
-        if folder is None:
-            folder = entry_block(layout.entries_root,
-                                 [escape_segment(s) for s in entity.split("/")])
-            folders[entity] = folder
-        return f"{folder}{escape_segment(key)}/v1.json"
-
-    return probe
+    kept = len(keys)
+    while kept and keys[kept - 1].startswith(folder):
+        kept -= 1
+    return kept
 
 
 @dataclass(frozen=True)
@@ -147,9 +132,6 @@ class EntrySlice:
     @property
     def reached_end(self) -> bool:
         return self.through is None
-
-    def covers(self, object_key: str) -> bool:
-        return in_range(object_key, self.after, self.through)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from amfs_core.models import MemoryEntry
@@ -36,6 +36,7 @@ class _Slot:
     version: int
     versions: int
     touched: int  # the index's operation counter when this slot last moved
+    scan_pass: int = 0  # the rolling scan's pass that last listed it (0: none)
 
 
 class EntryIndex:
@@ -100,12 +101,16 @@ class EntryIndex:
         return self.adopt(self._judge(scanned, unsettled), since=since)
 
     def replace_slice(
-        self, scanned: Mapping[Name, Iterable[int]], *, within: Callable[[Name], bool],
-        since: int, unsettled: Mapping[Name, Iterable[int]] | None = None,
+        self, scanned: Mapping[Name, Iterable[int]], *, scan_pass: int, since: int,
+        unsettled: Mapping[Name, Iterable[int]] | None = None,
     ) -> list[tuple[str, str, int]]:
-        """:meth:`replace` for one slice of the rolling scan: *scanned* is every version
-        of every name for which *within* is true; names outside it are left alone."""
-        return self.adopt_slice(self._judge(scanned, unsettled), within=within, since=since)
+        """:meth:`replace` for one slice of the rolling scan: *scanned* is every
+        version of the names the slice listed; no other name is touched. Names the
+        memory no longer holds are dropped once a whole pass has missed them
+        (:meth:`drop_unlisted`): a slice cannot tell which known names its range
+        covers, as providers list keys in different orders."""
+        return self.adopt_slice(self._judge(scanned, unsettled), scan_pass=scan_pass,
+                                since=since)
 
     def _judge(
         self, scanned: Mapping[Name, Iterable[int]],
@@ -162,32 +167,34 @@ class EntryIndex:
         return newer
 
     def adopt_slice(
-        self, counts: Mapping[Name, tuple[int, int]], *, within: Callable[[Name], bool],
-        since: int,
+        self, counts: Mapping[Name, tuple[int, int]], *, scan_pass: int, since: int,
     ) -> list[tuple[str, str, int]]:
-        """:meth:`adopt` for the names *within* one slice of the memory: the others keep
-        what they have. The slots are updated in place, so the lock is held for the
-        slice's names only; finding the names the slice no longer lists looks at every
-        name, outside the lock."""
-        with self._lock:
-            known = list(self._slots)
-        gone = [name for name in known if name not in counts and within(name)]
+        """:meth:`adopt` for the names of one slice, stamped as listed by *scan_pass*;
+        every other name keeps what it has. In place: the lock is held for the
+        slice's names only."""
         newer: list[tuple[str, str, int]] = []
         with self._lock:
             for name, (top, versions) in counts.items():
                 old = self._slots.get(name)
                 if old is not None and old.touched > since and old.version >= top:
+                    old.scan_pass = scan_pass
                     continue
                 if old is None or top > old.version:
                     newer.append((name[0], name[1], top))
                 self._versions_total += versions - (old.versions if old else 0)
-                self._slots[name] = _Slot(top, versions, old.touched if old else 0)
-            for name in gone:
-                old = self._slots.get(name)
-                if old is not None and old.touched <= since:
-                    del self._slots[name]
-                    self._versions_total -= old.versions
+                self._slots[name] = _Slot(top, versions, old.touched if old else 0, scan_pass)
         return newer
+
+    def drop_unlisted(self, scan_pass: int, *, since: int) -> int:
+        """After a whole pass of the rolling scan that began at *since*: forget the
+        names it never listed and nothing has touched since (gone from the memory,
+        as a full scan forgets them); how many went."""
+        with self._lock:
+            gone = [name for name, slot in self._slots.items()
+                    if slot.scan_pass != scan_pass and slot.touched <= since]
+            for name in gone:
+                self._versions_total -= self._slots.pop(name).versions
+        return len(gone)
 
     def versions_of(self, entity_path: str, key: str) -> int:
         slot = self._slots.get((entity_path, key))

@@ -42,13 +42,7 @@ from amfs_core.models import MemoryEntry, OutcomeRecord
 
 from amfs_s3.adapter import MAX_JOURNAL_RECORDS_PER_POLL, S3Adapter
 from amfs_s3.exceptions import AdapterError, S3AccessError
-from amfs_s3.index_store import (
-    LIST_PAGE_SIZE,
-    EntrySlice,
-    IndexListing,
-    IndexStore,
-    name_probe,
-)
+from amfs_s3.index_store import LIST_PAGE_SIZE, EntrySlice, IndexListing, IndexStore
 from amfs_s3.journal import DEFAULT_LOOKBACK_MS, Change, JournalCursor
 from amfs_s3.snapshot import IndexSnapshot, Lease
 from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
@@ -75,6 +69,17 @@ SETTLE_MARGIN_MS = 2_000
 # scan reads per interval: its cost per hour, at any size of memory. More pages
 # shorten the cycle in which a journal-less write is found (see the module doc).
 SCAN_PAGES_PER_INTERVAL = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryPass:
+    """One pass of the holder's rolling scan of ``entries/``, start to end. One that
+    began at the start (*whole*) has listed every name by its end, so the names it
+    never listed are gone from the memory (see :meth:`EntryIndex.drop_unlisted`)."""
+
+    number: int
+    mark: int  # the index's history point when the pass began
+    whole: bool
 
 
 @dataclasses.dataclass
@@ -150,6 +155,8 @@ class Synchronizer:
         self.scan_after: str | None = None
         self._snapshot_scan_after: str | None = None
         self._outcome_cycle: OutcomeCycle | None = None
+        self._entry_pass: EntryPass | None = None
+        self._passes = 0
         # When this sidecar's last full scan began: its index holds every version
         # stored before then (0: it never scanned the whole memory).
         self._scanned_whole_ms = 0
@@ -330,17 +337,19 @@ class Synchronizer:
             self.store.take_lease, self.adapter.writer_id, current,
             now_ms=self.adapter.clock.now_ms(), duration_ms=duration_ms, scan_after=start))
         if self.lease is None:
-            self._outcome_cycle = None  # a later term of ours begins a pass of its own
+            # A later term of ours begins passes of its own.
+            self._entry_pass, self._outcome_cycle = None, None
             if not scan_anyway:
                 await self._catch_up_if_trimmed(listing)
                 return
         if scan_anyway:
             covers_ms = await self.scan()
             self.scan_after = None
-            self._outcome_cycle = None
+            self._entry_pass, self._outcome_cycle = None, None
         else:
             if not held:
                 self.scan_after = start
+                self._entry_pass, self._outcome_cycle = None, None
             covers_ms = await self.roll()
         if self.lease is None:
             return
@@ -454,33 +463,36 @@ class Synchronizer:
         pages = self.scan_pages
         while True:
             from_start = self.scan_after is None
+            entry_pass = self._entry_pass
+            if entry_pass is None:
+                self._passes += 1
+                entry_pass = self._entry_pass = EntryPass(self._passes, self.index.mark(),
+                                                          whole=from_start)
             mark = self.index.mark()
             piece: EntrySlice = await self.offload(functools.partial(
                 self.store.scan_entry_slice, self.scan_after, pages=pages,
                 page_size=self.scan_page_size))
-            await self._adopt_slice(piece, mark, began_ms)
+            await self._adopt_slice(piece, mark, began_ms, entry_pass.number)
             self.scan_after = piece.through
             pages -= piece.pages
+            if piece.reached_end:
+                if entry_pass.whole:
+                    await self.offload(functools.partial(
+                        self.index.drop_unlisted, entry_pass.number, since=entry_pass.mark))
+                self._entry_pass = None
             if pages <= 0 or (piece.reached_end and from_start):
                 break
         await self._roll_outcomes(covers_ms)
         return covers_ms
 
-    async def _adopt_slice(self, piece: EntrySlice, mark: int, began_ms: int) -> None:
-        """Fold one slice into the index (the names it covers only) and journal what
+    async def _adopt_slice(self, piece: EntrySlice, mark: int, began_ms: int,
+                           scan_pass: int) -> None:
+        """Fold one slice into the index (the names it lists only) and journal what
         only it found."""
         scanned = {name: [v for v, _ in found] for name, found in piece.found.items()}
         unsettled = self._unsettled(piece.found, began_ms)
-        probe = name_probe(self.adapter.layout)
-
-        def within(name: tuple[str, str]) -> bool:
-            return piece.covers(probe(name))
-
-        # Off the event loop: telling which known names the slice covers looks at
-        # every name in the index.
-        newer: list[tuple[str, str, int]] = await self.offload(functools.partial(
-            self.index.replace_slice, scanned, within=within, since=mark,
-            unsettled=unsettled))
+        newer = self.index.replace_slice(scanned, scan_pass=scan_pass, since=mark,
+                                         unsettled=unsettled)
         self._unsettled_tops.update({name: (max(scanned[name]), len(scanned[name]))
                                      for name in unsettled})
         await self._journal_found(newer)
