@@ -17,13 +17,15 @@ sidecar's cost grows with the memory, the holder's included; the price is that a
 version whose writer wrote no journal record (killed between its two PUTs) is
 found within one cycle, not one interval:
 
-    worst-case detection = ceil(objects in entries/ / (page size x scan_pages))
+    worst-case detection = (ceil(objects in entries/ / (page size x scan_pages)) + 1)
                            x resync_interval
 
-e.g. 1,000,000 version objects, pages of 1,000, 5 pages: 200 intervals of 5 min,
-16.7 h. A memory of up to ``scan_pages`` pages is listed whole every interval, as
-before. Everything written with a journal record reaches every sidecar at the
-next poll, whatever the scan.
+(the +1: a version the scan passes in its first seconds, before its journal record
+could have come, is judged again at the next interval). E.g. 1,000,000 version
+objects, pages of 1,000, 5 pages: 201 intervals of 5 min, 16.75 h. A memory of up
+to ``scan_pages`` pages is listed whole every interval, as before. Everything
+written with a journal record reaches every sidecar at the next poll, whatever
+the scan.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Offload = Callable[..., Awaitable[Any]]
+# What a listing of entries/ shows: (entity, key) → [(version, LastModified ms)].
+Listed = dict[tuple[str, str], list[tuple[int, int]]]
 
 MAX_RETRY_SECONDS = 30.0
 # A lease outlives two missed renewals, so a slow holder keeps it and a dead one
@@ -157,6 +161,9 @@ class Synchronizer:
         self._outcome_cycle: OutcomeCycle | None = None
         self._entry_pass: EntryPass | None = None
         self._passes = 0
+        # What earlier slices listed that was too young to judge: (the index's history
+        # point of that listing, its pass, the names' versions).
+        self._young: list[tuple[int, int, Listed]] = []
         # When this sidecar's last full scan began: its index holds every version
         # stored before then (0: it never scanned the whole memory).
         self._scanned_whole_ms = 0
@@ -337,19 +344,18 @@ class Synchronizer:
             self.store.take_lease, self.adapter.writer_id, current,
             now_ms=self.adapter.clock.now_ms(), duration_ms=duration_ms, scan_after=start))
         if self.lease is None:
-            # A later term of ours begins passes of its own.
-            self._entry_pass, self._outcome_cycle = None, None
+            self._forget_passes()  # a later term of ours begins passes of its own
             if not scan_anyway:
                 await self._catch_up_if_trimmed(listing)
                 return
         if scan_anyway:
             covers_ms = await self.scan()
             self.scan_after = None
-            self._entry_pass, self._outcome_cycle = None, None
+            self._forget_passes()
         else:
             if not held:
                 self.scan_after = start
-                self._entry_pass, self._outcome_cycle = None, None
+                self._forget_passes()
             covers_ms = await self.roll()
         if self.lease is None:
             return
@@ -362,6 +368,10 @@ class Synchronizer:
         previous = listing.newest_snapshot
         if previous is not None:
             await self.offload(self.store.trim_journal, previous - self.lookback_ms)
+
+    def _forget_passes(self) -> None:
+        """Drop the rolling scan's passes under way: they are this term's."""
+        self._entry_pass, self._outcome_cycle, self._young = None, None, []
 
     def _inherited_scan_position(self, current: Lease | None) -> str | None:
         """Where a sidecar taking the lease carries on the rolling scan: where the last
@@ -460,6 +470,9 @@ class Synchronizer:
         covers_ms = min(began_ms, max(self._scanned_whole_ms,
                                       self.stream_safe_ms + self.lookback_ms))
         self._unsettled_tops = {}
+        young, self._young = self._young, []
+        for mark, scan_pass, listed in young:
+            await self._adopt_listed(listed, mark, began_ms, scan_pass)
         pages = self.scan_pages
         while True:
             from_start = self.scan_after is None
@@ -472,7 +485,7 @@ class Synchronizer:
             piece: EntrySlice = await self.offload(functools.partial(
                 self.store.scan_entry_slice, self.scan_after, pages=pages,
                 page_size=self.scan_page_size))
-            await self._adopt_slice(piece, mark, began_ms, entry_pass.number)
+            await self._adopt_listed(piece.found, mark, began_ms, entry_pass.number)
             self.scan_after = piece.through
             pages -= piece.pages
             if piece.reached_end:
@@ -485,16 +498,21 @@ class Synchronizer:
         await self._roll_outcomes(covers_ms)
         return covers_ms
 
-    async def _adopt_slice(self, piece: EntrySlice, mark: int, began_ms: int,
-                           scan_pass: int) -> None:
-        """Fold one slice into the index (the names it lists only) and journal what
-        only it found."""
-        scanned = {name: [v for v, _ in found] for name, found in piece.found.items()}
-        unsettled = self._unsettled(piece.found, began_ms)
+    async def _adopt_listed(self, listed: Listed, mark: int, began_ms: int,
+                            scan_pass: int) -> None:
+        """Fold what a slice listed into the index (those names only) and journal what
+        only it found. Names with versions too young to judge are judged again at the
+        next interval from this same listing (no LIST: they are settled by then), so
+        a journal-less write the scan passed early is found one interval later, not
+        one cycle later."""
+        scanned = {name: [v for v, _ in found] for name, found in listed.items()}
+        unsettled = self._unsettled(listed, began_ms)
         newer = self.index.replace_slice(scanned, scan_pass=scan_pass, since=mark,
                                          unsettled=unsettled)
         self._unsettled_tops.update({name: (max(scanned[name]), len(scanned[name]))
                                      for name in unsettled})
+        if unsettled:
+            self._young.append((mark, scan_pass, {name: listed[name] for name in unsettled}))
         await self._journal_found(newer)
 
     async def _roll_outcomes(self, covers_ms: int) -> None:
@@ -518,8 +536,7 @@ class Synchronizer:
             if pages <= 0 or (piece.reached_end and from_start):
                 break
 
-    def _unsettled(self, listed: dict[tuple[str, str], list[tuple[int, int]]],
-                   began_ms: int) -> dict[tuple[str, str], list[int]]:
+    def _unsettled(self, listed: Listed, began_ms: int) -> dict[tuple[str, str], list[int]]:
         """Per name, the listed versions too young to judge (see :meth:`scan`)."""
         if not self.index.synced:
             return {}

@@ -135,6 +135,28 @@ async def test_a_journal_less_write_in_the_last_slice_is_streamed_within_one_cyc
     assert (stats["entries"], stats["versions"]) == (len(names) + 1, objects + 1)
 
 
+async def test_a_version_too_young_for_its_slice_is_judged_at_the_next_interval(
+    sidecar_factory: SidecarFactory, s3_settings: S3Settings, s3_client: Any,
+) -> None:
+    """Not one cycle later: the listing that saw it young is judged again, no LIST."""
+    settings = quiet(s3_settings)
+    put_versions(s3_client, settings.bucket, {("roll", f"k{n:02d}"): 1 for n in range(10)})
+    holder = sidecar_factory("holder", settings=settings)
+    sync = small_slices(holder, pages=1, page_size=3)
+    sync.settle_ms = 3_600_000  # everything is young to the first slice
+    async with holder.session() as s, open_stream(s, "*") as events:
+        s3_client.put_object(Bucket=settings.bucket, Key=LAYOUT.version_key("aa", "k", 1),
+                             Body=stored_entry("aa", "k", 1, "no record"))
+        holder.call(sync.maintain)  # the first slice lists it, too young: left
+        assert sync.index.current("aa", "k") == 0
+        sync.settle_ms = 0  # as if the window had passed
+        holder.call(sync.maintain)  # the second slice is elsewhere
+        assert sync.scan_after is not None and "aa" not in sync.scan_after
+        event = await events.next(timeout=10)
+    assert (event.data["entity_path"], event.data["value"]) == ("aa", "no record")
+    assert sync.index.current("aa", "k") == 1
+
+
 async def test_counts_stay_exact_when_a_keys_versions_straddle_a_page_boundary(
     sidecar_factory: SidecarFactory, s3_settings: S3Settings, s3_client: Any,
 ) -> None:
