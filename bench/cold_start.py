@@ -282,13 +282,13 @@ def mean_calls(intervals: list[dict[str, int]]) -> dict[str, float]:
 def rolling_scan(objects: int, page_size: int = LIST_PAGE) -> dict[str, float]:
     """The holder's rolling scan at *objects* version objects: pages per interval, the
     intervals one cycle takes, and the worst-case detection time of a journal-less
-    write (a cycle, plus the interval after a slice that saw it too young)."""
+    write (one cycle: written just after the scan passed its place)."""
     per_interval = page_size * SCAN_PAGES_PER_INTERVAL
     cycle = max(1, math.ceil(objects / per_interval))
     return {"entries_pages_per_interval": SCAN_PAGES_PER_INTERVAL, "page_size": page_size,
             "cycle_intervals": cycle,
             "worst_case_detection_hours": round(
-                (cycle + 1) * DEFAULT_RESYNC_INTERVAL / 3600, 2)}
+                cycle * DEFAULT_RESYNC_INTERVAL / 3600, 2)}
 
 
 # -- one size ----------------------------------------------------------------------------
@@ -526,6 +526,10 @@ def recompute(figures: dict[str, Any]) -> dict[str, Any]:
     per_size = sorted(figures["sizes"].values(), key=lambda f: f["entries"])
     for f in per_size:
         f["requests_per_sidecar_hour"] = per_hour(f["designs"])
+        rolling = f["designs"]["snapshot"].get("rolling_scan")
+        if rolling is not None:
+            f["designs"]["snapshot"]["rolling_scan"] = rolling_scan(
+                f["objects_in_entries"], int(rolling["page_size"]))
     figures["model"] = model(per_size) if len(per_size) >= 2 else None
     return figures
 

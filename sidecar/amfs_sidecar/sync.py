@@ -17,15 +17,15 @@ sidecar's cost grows with the memory, the holder's included; the price is that a
 version whose writer wrote no journal record (killed between its two PUTs) is
 found within one cycle, not one interval:
 
-    worst-case detection = (ceil(objects in entries/ / (page size x scan_pages)) + 1)
-                           x resync_interval
+    worst-case detection ~ ceil(objects in entries/ / (page size x scan_pages))
+                           x resync_interval  (+ the settle window)
 
-(the +1: a version the scan passes in its first seconds, before its journal record
-could have come, is judged again at the next interval). E.g. 1,000,000 version
-objects, pages of 1,000, 5 pages: 201 intervals of 5 min, 16.75 h. A memory of up
-to ``scan_pages`` pages is listed whole every interval, as before. Everything
-written with a journal record reaches every sidecar at the next poll, whatever
-the scan.
+(a version written just after the scan passed its place waits for the next cycle;
+one written just before, too young to judge then, is judged at the next interval).
+E.g. 1,000,000 version objects, pages of 1,000, 5 pages: 200 intervals of 5 min,
+16 h 40 min. A memory of up to ``scan_pages`` pages is listed whole every
+interval, as before. Everything written with a journal record reaches every
+sidecar at the next poll, whatever the scan.
 """
 
 from __future__ import annotations

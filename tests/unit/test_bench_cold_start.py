@@ -65,7 +65,7 @@ def test_the_lease_holder_pays_the_same_at_every_size_and_in_the_model() -> None
 def test_the_rolling_scans_cycle_and_the_mean_of_its_intervals() -> None:
     assert rolling_scan(1_000_000) == {"entries_pages_per_interval": 5, "page_size": 1000,
                                        "cycle_intervals": 200,
-                                       "worst_case_detection_hours": 16.75}
+                                       "worst_case_detection_hours": 16.67}
     assert rolling_scan(300)["cycle_intervals"] == 1
     assert mean_calls([{"ListObjectsV2": 8}, {"ListObjectsV2": 7, "PutObject": 3}]) == {
         "ListObjectsV2": 7.5, "PutObject": 1.5}
