@@ -122,7 +122,7 @@ def entry_slice_cut(root: str, keys: Sequence[str]) -> int:
 @dataclass(frozen=True)
 class EntrySlice:
     """What one slice of the rolling scan of ``entries/`` listed: every version of
-    every name whose objects lie in (*after*, *through*]."""
+    every name whose objects lie in (*after*, *through*] of the provider's order."""
 
     after: str | None  # listed from just after this object key (None: the start)
     through: str | None  # to this object key, inclusive (None: the end of entries/)
