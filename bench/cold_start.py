@@ -16,10 +16,13 @@ Side by side in one run, on one bucket per size (SeaweedFS's ``weed mini`` when 
 * **requests per sidecar-hour**: counted, not timed. Each design's periodic work is
   run by hand and its S3 requests counted (an idle journal poll; a resync = a scan of
   ``entries/``; the snapshot design's look at ``index/`` by a sidecar without the lease,
-  and the lease holder's scan + snapshot + trim). Per sidecar-hour at the default
-  intervals, for S sidecars on one memory:
+  and the lease holder's interval: one slice of its rolling scan — at most
+  ``SCAN_PAGES_PER_INTERVAL`` LIST pages of ``entries/`` and of ``outcomes/``,
+  whatever the size — + snapshot + trim). Per sidecar-hour at the default intervals,
+  for S sidecars on one memory:
   old = polls/h x poll + resyncs/h x scan(N);
-  new = polls/h x poll + resyncs/h x look + resyncs/h x (holder - look) / S.
+  new = polls/h x poll + resyncs/h x look + resyncs/h x (holder - look) / S,
+  where holder does not depend on N once the memory outgrows one slice.
 * **model**: per-page costs (a LIST page of 1,000 objects, the snapshot's seconds per
   entry) fitted on the measured sizes and extrapolated to 1,000,000 entries; its
   assumptions are written into the result.
@@ -53,10 +56,12 @@ from botocore.config import Config
 
 from amfs_s3 import S3Adapter
 from amfs_s3.config import DEFAULT_POLL_INTERVAL, DEFAULT_RESYNC_INTERVAL, S3Settings
+from amfs_s3.index_store import LIST_PAGE_SIZE
 from amfs_s3.layout import Layout
 from amfs_sidecar.index import EntryIndex
 from amfs_sidecar.metrics import SidecarMetrics
 from amfs_sidecar.server import Sidecar, SidecarConfig
+from amfs_sidecar.sync import SCAN_PAGES_PER_INTERVAL
 from bench.common import RESULTS, moto_process, write_result
 
 COMMAND = ".venv/bin/python -m bench.cold_start"
@@ -66,7 +71,10 @@ SIDECARS = (1, 10, 100)
 JOURNAL_SINCE = 200  # writes after the newest snapshot: what a cold start replays
 ENTITIES = 100
 PUT_THREADS = 64
-LIST_PAGE = 1_000
+LIST_PAGE = LIST_PAGE_SIZE
+# Holder intervals measured back to back: the rolling scan's slices differ (one may
+# wrap to the start), so the figure is their mean.
+HOLDER_INTERVALS = 3
 GOAL_SECONDS = 60.0
 REGION = "us-east-1"
 # The bench drives polls and resyncs itself, so the sidecar's own loop must stay idle.
@@ -232,7 +240,9 @@ class CountingMetrics(SidecarMetrics):
 class Running:
     """An in-process sidecar on this thread's event loop."""
 
-    def __init__(self, settings: S3Settings, snapshot: bool, socket_dir: Path) -> None:
+    def __init__(self, settings: S3Settings, snapshot: bool, socket_dir: Path,
+                 scan_page_size: int = LIST_PAGE) -> None:
+        self.scan_page_size = scan_page_size
         self.metrics = CountingMetrics()
         self.sidecar = Sidecar(SidecarConfig(
             settings=settings, socket_path=socket_dir / f"{uuid.uuid4().hex[:8]}.sock",
@@ -245,7 +255,9 @@ class Running:
         await self.sidecar.start()
         while self.sidecar.sync is None or not self.sidecar.sync.ready:
             await asyncio.sleep(0.005)
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.sidecar.sync.scan_page_size = self.scan_page_size  # the rolling scan's pages
+        return seconds
 
     async def counted(self, work: Callable[[], Any]) -> dict[str, int]:
         self.metrics.take()
@@ -256,14 +268,36 @@ class Running:
         await self.sidecar.stop()
 
 
-def total(calls: dict[str, int]) -> int:
+def total(calls: dict[str, int] | dict[str, float]) -> float:
     return sum(calls.values())
+
+
+def mean_calls(intervals: list[dict[str, int]]) -> dict[str, float]:
+    """Requests per operation averaged over *intervals*."""
+    operations = sorted({op for calls in intervals for op in calls})
+    return {op: round(sum(calls.get(op, 0) for calls in intervals) / len(intervals), 3)
+            for op in operations}
+
+
+def rolling_scan(objects: int, page_size: int = LIST_PAGE) -> dict[str, float]:
+    """The holder's rolling scan at *objects* version objects: pages per interval, the
+    intervals one cycle takes, and the worst-case detection time of a journal-less
+    write (one cycle: written just after the scan passed its place)."""
+    per_interval = page_size * SCAN_PAGES_PER_INTERVAL
+    cycle = max(1, math.ceil(objects / per_interval))
+    return {"entries_pages_per_interval": SCAN_PAGES_PER_INTERVAL, "page_size": page_size,
+            "cycle_intervals": cycle,
+            "worst_case_detection_hours": round(
+                cycle * DEFAULT_RESYNC_INTERVAL / 3600, 2)}
 
 
 # -- one size ----------------------------------------------------------------------------
 
 
-async def measure_size(storage: Storage, size: int, socket_dir: Path) -> dict[str, Any]:
+async def measure_size(storage: Storage, size: int, socket_dir: Path,
+                       scan_page_size: int = LIST_PAGE) -> dict[str, Any]:
+    """Both designs on one bucket of *size* entries. *scan_page_size* is the rolling
+    scan's page (a test's small memory spans several slices with small pages)."""
     client = storage.client()
     bucket = f"bench-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
@@ -273,12 +307,14 @@ async def measure_size(storage: Storage, size: int, socket_dir: Path) -> dict[st
     print(f"  {size:,} entries put in {figures['populate_seconds']} s", flush=True)
 
     # The first sidecar of the snapshot design: no snapshot yet, so it scans and writes one.
-    first = Running(settings, True, socket_dir)
+    first = Running(settings, True, socket_dir, scan_page_size)
     first_start = await first.start()
     first_calls = first.metrics.take()
     sync = first.sidecar.sync
     assert sync is not None and sync.lease is not None
-    holder = await first.counted(sync.maintain)  # the holder's periodic work
+    # The holder's periodic work: consecutive intervals of its rolling scan.
+    intervals = [await first.counted(sync.maintain) for _ in range(HOLDER_INTERVALS)]
+    holder = mean_calls(intervals)
     await first.stop()
 
     # Writes after the snapshot: the journal a cold start replays.
@@ -296,7 +332,7 @@ async def measure_size(storage: Storage, size: int, socket_dir: Path) -> dict[st
 
     results: dict[str, Any] = {}
     for design, snapshot in (("full_listing", False), ("snapshot", True)):
-        running = Running(settings, snapshot, socket_dir)
+        running = Running(settings, snapshot, socket_dir, scan_page_size)
         seconds = await running.start()
         calls = running.metrics.take()
         s = running.sidecar.sync
@@ -321,6 +357,9 @@ async def measure_size(storage: Storage, size: int, socket_dir: Path) -> dict[st
     results["snapshot"]["first_start_without_snapshot_seconds"] = round(first_start, 3)
     results["snapshot"]["first_start_requests_total"] = total(first_calls)
     results["snapshot"]["holder_resync_requests"] = holder
+    results["snapshot"]["holder_intervals_requests"] = intervals
+    results["snapshot"]["rolling_scan"] = rolling_scan(figures["objects_in_entries"],
+                                                       scan_page_size)
     figures["designs"] = results
     figures["snapshot_bytes"] = snapshot_bytes(client, bucket)
     figures["requests_per_sidecar_hour"] = per_hour(results)
@@ -406,14 +445,15 @@ def model(per_size: list[dict[str, Any]]) -> dict[str, Any]:
     old_d, new_d = biggest["designs"]["full_listing"], biggest["designs"]["snapshot"]
     scan_fixed = total(old_d["resync_requests"]) - math.ceil(
         biggest["objects_in_entries"] / LIST_PAGE)  # outcome listing etc.
-    holder_fixed = total(new_d["holder_resync_requests"]) - math.ceil(
-        biggest["objects_in_entries"] / LIST_PAGE)
+    # The holder's interval is one slice of its rolling scan: the same requests at any
+    # size beyond one slice, so the largest measured size's count stands for 1,000,000.
+    holder = total(new_d["holder_resync_requests"])
     hour: dict[str, dict[str, float]] = {}
     for count in SIDECARS:
         old_hour = polls * total(old_d["idle_poll_requests"]) + resyncs * (scan_fixed + pages)
         look = total(new_d["resync_requests"])
         new_hour = (polls * total(new_d["idle_poll_requests"]) + resyncs * look
-                    + resyncs * (holder_fixed + pages - look) / count)
+                    + resyncs * (holder - look) / count)
         hour[f"{count}_sidecars"] = {"full_listing": round(old_hour, 1),
                                      "snapshot": round(new_hour, 1)}
     base = polls * total(new_d["idle_poll_requests"])
@@ -421,7 +461,7 @@ def model(per_size: list[dict[str, Any]]) -> dict[str, Any]:
                                  "snapshot": round(base + resyncs * total(new_d["resync_requests"]),
                                                    1)}
     hour["the_lease_holder"] = {"full_listing": round(old_hour, 1),
-                                "snapshot": round(base + resyncs * (holder_fixed + pages), 1)}
+                                "snapshot": round(base + resyncs * holder, 1)}
     return {
         "entries": MODEL_SIZE,
         "start_to_ready_seconds": {"full_listing": round(old_start, 1),
@@ -436,6 +476,7 @@ def model(per_size: list[dict[str, Any]]) -> dict[str, Any]:
                   "snapshot_fitted_microseconds_per_entry": round(fit(new_pts)[1] * 1e6, 2)},
         "requests_per_sidecar_hour": hour,
         "requests_per_sidecar_hour_at_largest_measured": hour_old,
+        "rolling_scan": rolling_scan(MODEL_SIZE),
         "assumptions": [
             "one version per entry (a memory with v versions per entry multiplies the "
             "full listing's pages by v; the snapshot holds one row per entry whatever v)",
@@ -451,9 +492,14 @@ def model(per_size: list[dict[str, Any]]) -> dict[str, Any]:
             f"every {DEFAULT_RESYNC_INTERVAL:g} s; an idle poll (no writes) is counted; "
             "writes add the same GETs per record in both designs",
             "with S sidecars on one memory exactly one holds the lease, so its scan and "
-            "snapshot are shared: per sidecar-hour (averaged) they cost 1/S of one scan; a "
-            "sidecar without the lease pays the same at every size, the holder alone pays "
-            "one scan of entries/ per interval",
+            "snapshot are shared: per sidecar-hour (averaged) they cost 1/S of the holder's "
+            "interval; a sidecar without the lease pays the same at every size, and so does "
+            f"the holder: its rolling scan lists {SCAN_PAGES_PER_INTERVAL} pages of entries/ "
+            "(and at most as many of outcomes/) per interval once the memory outgrows one "
+            "slice, so its measured interval (the mean of "
+            f"{HOLDER_INTERVALS} consecutive ones at the largest size) stands for every "
+            "size; the price is detection of a journal-less write within one cycle "
+            "(rolling_scan.worst_case_detection_hours), not one interval",
             "measured on one machine against a local server: a remote S3 adds its latency "
             "to each page, which the snapshot design pays once (one GET) at start",
         ],
@@ -480,6 +526,10 @@ def recompute(figures: dict[str, Any]) -> dict[str, Any]:
     per_size = sorted(figures["sizes"].values(), key=lambda f: f["entries"])
     for f in per_size:
         f["requests_per_sidecar_hour"] = per_hour(f["designs"])
+        rolling = f["designs"]["snapshot"].get("rolling_scan")
+        if rolling is not None:
+            f["designs"]["snapshot"]["rolling_scan"] = rolling_scan(
+                f["objects_in_entries"], int(rolling["page_size"]))
     figures["model"] = model(per_size) if len(per_size) >= 2 else None
     return figures
 

@@ -1,19 +1,33 @@
-"""Reading and writing the index snapshot, the lease and the journal's tail in S3.
+"""Reading and writing the index snapshot, the lease and the journal's tail in S3,
+and listing ``entries/`` and ``outcomes/`` a slice at a time.
 
 One listing of ``index/`` tells a sidecar both who holds the lease and which
 snapshot is newest, so a sidecar that does not hold the lease pays one LIST
 (and one small GET) per interval, whatever the size of the memory.
+
+The lease holder's scan rolls: each interval it lists a bounded number of pages
+of ``entries/`` (and of ``outcomes/``), from where the previous interval stopped
+(``StartAfter``), and wraps to the start at the end. A slice of ``entries/``
+ends where no (entity, key) has versions on both sides (:func:`entry_slice_cut`),
+so every name in a slice has all its versions counted. Positions are object keys
+handed back to the provider as ``StartAfter``, never compared here: each provider
+lists in its own order.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from amfs_s3.adapter import S3Adapter
 from amfs_s3.exceptions import S3AccessError
+from amfs_s3.layout import Layout
 from amfs_s3.snapshot import (
     IndexSnapshot,
     Lease,
@@ -32,6 +46,106 @@ logger = logging.getLogger(__name__)
 SNAPSHOTS_KEPT = 2
 LEASES_KEPT = 2
 DELETE_BATCH = 1000
+# The most keys one ListObjectsV2 page returns on every S3 provider.
+LIST_PAGE_SIZE = 1000
+
+Name = tuple[str, str]
+# An object-key segment a version file ("v12.json") can sort on both sides of:
+# "v1/" sorts after "v1.json" and before "v10.json". Only such a segment lets a
+# name's versions interleave with the objects of an entity below it.
+_STRADDLING_SEGMENT = re.compile(r"v[1-9]")
+
+
+# -- key math for slices (pure) ----------------------------------------------------------
+
+
+def _modified_ms(obj: dict[str, Any]) -> int:
+    modified: datetime | None = obj.get("LastModified")
+    return int(modified.timestamp() * 1000) if modified is not None else 0
+
+
+def _is_version_of(directory: str, object_key: str) -> bool:
+    """Whether *object_key* is a version file directly under *directory* (a key's folder)."""
+    return (object_key.startswith(directory)
+            and Layout.parse_version_file(object_key[len(directory):]) is not None)
+
+
+def entry_block(root: str, segments: Sequence[str]) -> str:
+    """The folder (object-key prefix) of a key whose object-key segments are *segments*."""
+    return root + "".join(s + "/" for s in segments)
+
+
+def open_folder(root: str, keys: Sequence[str]) -> str | None:
+    """The folder a slice of *keys* (one listing of ``entries/``, in order, that goes
+    on beyond them) must end before, so that no (entity, key) has versions on both
+    sides of its end; None when the last object is in no key's folder.
+
+    The listing may have stopped inside the last object's (entity, key), so the cut
+    falls before that name's folder, ``root/s1/…/sJ/``. Its versions are the direct
+    ``v{n}.json`` of that folder, but the folders *above* it are keys too (entity
+    ``s1/…/s(i-1)``, key ``si``), whose versions sort around their subfolders: a folder
+    ``v1…/`` sorts between ``v1.json`` and ``v10.json``. So the cut moves up past every
+    such folder whose parent has a version in the listing (a parent with none there has
+    all its versions after the cut, or — the previous cut being safe — before the
+    listing began).
+    """
+    segments = keys[-1][len(root):].split("/")[:-1]  # the folders above the last object
+    if len(segments) < 2:
+        return None
+    for level in range(2, len(segments)):
+        parent = entry_block(root, segments[:level])
+        if (_STRADDLING_SEGMENT.match(segments[level])
+                and any(_is_version_of(parent, k) for k in keys)):
+            return parent
+    return entry_block(root, segments)
+
+
+def entry_slice_cut(root: str, keys: Sequence[str]) -> int:
+    """How many of *keys* a slice keeps: those before :func:`open_folder`; 0 when the
+    listing is all inside it (then that folder is listed to its end).
+
+    Only the listing's own order is used, never a comparison of keys: providers
+    order differently (AWS and moto by the key's bytes, SeaweedFS folder by folder,
+    so ``a/b`` comes before ``a%2Fb`` there), but in every order a folder's objects
+    are listed together, so they are the run at the end of *keys*."""
+    if not keys:
+        return 0
+    folder = open_folder(root, keys)
+    if folder is None:
+        return len(keys)
+    kept = len(keys)
+    while kept and keys[kept - 1].startswith(folder):
+        kept -= 1
+    return kept
+
+
+@dataclass(frozen=True)
+class EntrySlice:
+    """What one slice of the rolling scan of ``entries/`` listed: every version of
+    every name whose objects lie in (*after*, *through*] of the provider's order."""
+
+    after: str | None  # listed from just after this object key (None: the start)
+    through: str | None  # to this object key, inclusive (None: the end of entries/)
+    found: dict[Name, list[tuple[int, int]]]  # name → [(version, LastModified ms)]
+    pages: int  # LIST requests made
+
+    @property
+    def reached_end(self) -> bool:
+        return self.through is None
+
+
+@dataclass(frozen=True)
+class OutcomeSlice:
+    """What one slice of the rolling listing of ``outcomes/`` found."""
+
+    after: str | None
+    through: str | None  # None: the listing reached the end of outcomes/
+    found: dict[str, int]  # ref → LastModified ms
+    pages: int
+
+    @property
+    def reached_end(self) -> bool:
+        return self.through is None
 
 
 @dataclass(frozen=True)
@@ -84,6 +198,77 @@ class IndexStore:
                     found[ref] = int(modified.timestamp() * 1000) if modified is not None else 0
         return found
 
+    # -- the rolling scan --------------------------------------------------------
+
+    def _page(self, prefix: str, after: str | None, page_size: int) -> tuple[list[dict[str, Any]],
+                                                                            bool]:
+        """One ListObjectsV2 of *prefix* after *after*: its objects, and whether more follow."""
+        params: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page_size}
+        if after is not None:
+            params["StartAfter"] = after
+        try:
+            answer = self.adapter._call("list_objects_v2", prefix, **params)
+        except ClientError as exc:
+            raise self.adapter._failure("ListObjectsV2", prefix, exc) from None
+        contents: list[dict[str, Any]] = answer.get("Contents", [])
+        return contents, bool(answer.get("IsTruncated")) and bool(contents)
+
+    def scan_entry_slice(self, after: str | None, *, pages: int,
+                         page_size: int = LIST_PAGE_SIZE) -> EntrySlice:
+        """At most *pages* LISTs of ``entries/`` after *after* (None: from the start),
+        ending where no name has versions on both sides; a name whose folder alone
+        outgrows the pages is listed to its end anyway (bounded by that folder)."""
+        root = self.layout.entries_root
+        listed: list[dict[str, Any]] = []
+        made, more, position = 0, True, after
+        while more and made < max(pages, 1):
+            contents, more = self._page(root, position, page_size)
+            made += 1
+            listed.extend(contents)
+            if contents:
+                position = contents[-1]["Key"]
+        through: str | None = None
+        if more:
+            keys = [obj["Key"] for obj in listed]
+            kept = entry_slice_cut(root, keys)
+            if kept == 0:
+                folder = open_folder(root, keys) or root
+                while more:  # the folder to its end: bounded by that one key's objects
+                    contents, more = self._page(folder, position, page_size)
+                    made += 1
+                    listed.extend(contents)
+                    if contents:
+                        position = contents[-1]["Key"]
+                kept = len(listed)
+            listed = listed[:kept]
+            through = listed[-1]["Key"]
+        found: dict[Name, list[tuple[int, int]]] = {}
+        for obj in listed:
+            parsed = self.layout.parse_entry_key(obj["Key"])
+            if parsed is not None:
+                found.setdefault((parsed.entity_path, parsed.key), []).append(
+                    (parsed.version, _modified_ms(obj)))
+        return EntrySlice(after=after, through=through, found=found, pages=made)
+
+    def scan_outcome_slice(self, after: str | None, *, pages: int,
+                           page_size: int = LIST_PAGE_SIZE) -> OutcomeSlice:
+        """At most *pages* LISTs of ``outcomes/`` after *after* (None: from the start).
+        Outcome objects are flat (one per ref), so any object key is a slice end."""
+        root = self.layout.outcomes_root
+        found: dict[str, int] = {}
+        made, more, position = 0, True, after
+        while more and made < max(pages, 1):
+            contents, more = self._page(root, position, page_size)
+            made += 1
+            for obj in contents:
+                ref = self.layout.parse_outcome_key(obj["Key"])
+                if ref:
+                    found[ref] = _modified_ms(obj)
+            if contents:
+                position = contents[-1]["Key"]
+        return OutcomeSlice(after=after, through=position if more else None, found=found,
+                            pages=made)
+
     def listing(self) -> IndexListing:
         snapshots: list[int] = []
         terms: list[int] = []
@@ -125,13 +310,14 @@ class IndexStore:
         return None if body is None else decode_lease(term, body)
 
     def take_lease(self, holder: str, current: Lease | None, *, now_ms: int,
-                   duration_ms: int) -> Lease | None:
-        """Create the next term for *holder*; None if someone else holds a live
-        lease or won the race for that term."""
+                   duration_ms: int, scan_after: str | None = None) -> Lease | None:
+        """Create the next term for *holder*, recording where its scan of entries/
+        begins (*scan_after*); None if someone else holds a live lease or won the
+        race for that term."""
         if current is not None and current.held_by_other_than(holder, now_ms):
             return None
         lease = Lease(term=(current.term + 1) if current else 1, holder=holder,
-                      expires_at_ms=now_ms + duration_ms)
+                      expires_at_ms=now_ms + duration_ms, scan_after=scan_after)
         if not self.adapter._put_new(lease_key(self.layout, lease.term), encode_lease(lease)):
             return None
         if current is not None:

@@ -6,9 +6,14 @@
 {prefix}{namespace}/index/lease-{term:010d}.json               who writes snapshots, until when
 ```
 
-A snapshot *covers* the storage time its scan of ``entries/`` began: every version
-written before then is in it, so a cold start reads the newest snapshot and then
-the journal from ``covers_ms`` minus the look-back. Leases are never overwritten:
+A snapshot *covers* a storage time before which every journalled version is in it
+(the writer's index, kept current by the journal, up to where its polls have read),
+so a cold start reads the newest snapshot and then the journal from ``covers_ms``
+minus the look-back. A version whose writer wrote no journal record is in it once
+the writer's rolling scan of ``entries/`` has passed it. ``scan_after`` (additive,
+absent from older snapshots and leases) records where that scan goes on: the
+object key the next slice lists after, so a sidecar taking over the lease carries
+on rather than starting again. Leases are never overwritten:
 taking or renewing one is creating the next term with ``If-None-Match: *``, so of
 two contenders exactly one wins, on any provider that honours conditional writes.
 """
@@ -42,6 +47,8 @@ class IndexSnapshot:
     # Refs of counted outcomes whose journal records a cold start may read again
     # (from covers_ms minus the look-back on): it counts those once, not twice.
     recent_outcomes: frozenset[str] = frozenset()
+    # Where the rolling scan of entries/ goes on (None: from the start).
+    scan_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,8 @@ class Lease:
     term: int
     holder: str
     expires_at_ms: int
+    # Where the holder's scan of entries/ began this term: an heir carries on from it.
+    scan_after: str | None = None
 
     def held_by_other_than(self, holder: str, now_ms: int) -> bool:
         return self.holder != holder and self.expires_at_ms > now_ms
@@ -84,6 +93,7 @@ def encode_snapshot(snapshot: IndexSnapshot) -> bytes:
         "writer": snapshot.writer,
         "outcomes": snapshot.outcomes,
         "recent_outcomes": sorted(snapshot.recent_outcomes),
+        "scan_after": snapshot.scan_after,
         "entries": [
             [entity, key, current, versions]
             for (entity, key), (current, versions) in sorted(snapshot.entries.items())
@@ -105,20 +115,28 @@ def decode_snapshot(object_key: str, body: bytes) -> IndexSnapshot:
         return IndexSnapshot(covers_ms=int(doc["covers_ms"]), writer=str(doc["writer"]),
                              entries=entries, outcomes=int(doc["outcomes"]),
                              recent_outcomes=frozenset(
-                                 str(ref) for ref in doc.get("recent_outcomes", [])))
+                                 str(ref) for ref in doc.get("recent_outcomes", [])),
+                             scan_after=_optional_str(doc.get("scan_after")))
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise AdapterError(f"index snapshot {object_key!r} is unreadable: {exc}") from None
 
 
 def encode_lease(lease: Lease) -> bytes:
     return json.dumps({"term": lease.term, "holder": lease.holder,
-                       "expires_at_ms": lease.expires_at_ms}).encode("utf-8")
+                       "expires_at_ms": lease.expires_at_ms,
+                       "scan_after": lease.scan_after}).encode("utf-8")
 
 
 def decode_lease(term: int, body: bytes) -> Lease:
     try:
         doc = json.loads(body)
         return Lease(term=term, holder=str(doc["holder"]),
-                     expires_at_ms=int(doc["expires_at_ms"]))
+                     expires_at_ms=int(doc["expires_at_ms"]),
+                     scan_after=_optional_str(doc.get("scan_after")))
     except (ValueError, KeyError, TypeError) as exc:
         raise AdapterError(f"lease term {term} is unreadable: {exc}") from None
+
+
+def _optional_str(value: object) -> str | None:
+    """A position from a document: absent or null in older ones."""
+    return None if value is None else str(value)

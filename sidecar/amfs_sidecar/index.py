@@ -36,6 +36,7 @@ class _Slot:
     version: int
     versions: int
     touched: int  # the index's operation counter when this slot last moved
+    scan_pass: int = 0  # the rolling scan's pass that last listed it (0: none)
 
 
 class EntryIndex:
@@ -97,9 +98,29 @@ class EntryIndex:
         once it has settled), so a scan does not announce a second time a write the
         journal is about to deliver.
         """
+        return self.adopt(self._judge(scanned, unsettled), since=since)
+
+    def replace_slice(
+        self, scanned: Mapping[Name, Iterable[int]], *, scan_pass: int, since: int,
+        unsettled: Mapping[Name, Iterable[int]] | None = None,
+    ) -> list[tuple[str, str, int]]:
+        """:meth:`replace` for one slice of the rolling scan: *scanned* is every
+        version of the names the slice listed; no other name is touched. Names the
+        memory no longer holds are dropped once a whole pass has missed them
+        (:meth:`drop_unlisted`): a slice cannot tell which known names its range
+        covers, as providers list keys in different orders."""
+        return self.adopt_slice(self._judge(scanned, unsettled), scan_pass=scan_pass,
+                                since=since)
+
+    def _judge(
+        self, scanned: Mapping[Name, Iterable[int]],
+        unsettled: Mapping[Name, Iterable[int]] | None,
+    ) -> dict[Name, tuple[int, int]]:
+        """(current version, versions) per listed name, young versions left out."""
         young = {name: set(numbers) for name, numbers in (unsettled or {}).items()}
         with self._lock:
-            slots = {name: (slot.version, slot.versions) for name, slot in self._slots.items()}
+            slots = {name: (slot.version, slot.versions) for name, slot in self._slots.items()
+                     if name in scanned}
         counts: dict[Name, tuple[int, int]] = {}
         for name, listed in scanned.items():
             numbers = sorted(listed)
@@ -115,7 +136,7 @@ class EntryIndex:
                 # Listed, but only versions the journal has yet to deliver:
                 # what the index knows stands.
                 counts[name] = (known, known_versions)
-        return self.adopt(counts, since=since)
+        return counts
 
     def adopt(
         self, counts: Mapping[Name, tuple[int, int]], *, since: int
@@ -144,6 +165,36 @@ class EntryIndex:
             self._slots = fresh
             self._versions_total = sum(slot.versions for slot in fresh.values())
         return newer
+
+    def adopt_slice(
+        self, counts: Mapping[Name, tuple[int, int]], *, scan_pass: int, since: int,
+    ) -> list[tuple[str, str, int]]:
+        """:meth:`adopt` for the names of one slice, stamped as listed by *scan_pass*;
+        every other name keeps what it has. In place: the lock is held for the
+        slice's names only."""
+        newer: list[tuple[str, str, int]] = []
+        with self._lock:
+            for name, (top, versions) in counts.items():
+                old = self._slots.get(name)
+                if old is not None and old.touched > since and old.version >= top:
+                    old.scan_pass = scan_pass
+                    continue
+                if old is None or top > old.version:
+                    newer.append((name[0], name[1], top))
+                self._versions_total += versions - (old.versions if old else 0)
+                self._slots[name] = _Slot(top, versions, old.touched if old else 0, scan_pass)
+        return newer
+
+    def drop_unlisted(self, scan_pass: int, *, since: int) -> int:
+        """After a whole pass of the rolling scan that began at *since*: forget the
+        names it never listed and nothing has touched since (gone from the memory,
+        as a full scan forgets them); how many went."""
+        with self._lock:
+            gone = [name for name, slot in self._slots.items()
+                    if slot.scan_pass != scan_pass and slot.touched <= since]
+            for name in gone:
+                self._versions_total -= self._slots.pop(name).versions
+        return len(gone)
 
     def versions_of(self, entity_path: str, key: str) -> int:
         slot = self._slots.get((entity_path, key))

@@ -6,10 +6,26 @@ of ``entries/``) makes the sidecar ready. After it, a journal poll every
 ``poll_interval`` seconds costs about one LIST and turns other writers' changes
 into index updates and stream events. Every ``resync_interval`` seconds each
 sidecar looks at the lease in ``index/`` (one LIST, one GET); the one sidecar
-holding it scans ``entries/`` for writers that wrote no journal, journals what
-it finds (so every sidecar streams it), writes a new snapshot and trims the
-journal. The cost of a sidecar that does not hold the lease does not grow with
-the memory.
+holding it scans a slice of ``entries/`` for writers that wrote no journal,
+journals what it finds (so every sidecar streams it), writes a new snapshot from
+its index and trims the journal.
+
+The holder's scan rolls (:meth:`Synchronizer.roll`): each interval it lists at most
+``scan_pages`` pages of ``entries/`` and as many of ``outcomes/``, from where the
+previous interval stopped, wrapping to the start at the end (one *cycle*). So no
+sidecar's cost grows with the memory, the holder's included; the price is that a
+version whose writer wrote no journal record (killed between its two PUTs) is
+found within one cycle, not one interval:
+
+    worst-case detection ~ ceil(objects in entries/ / (page size x scan_pages))
+                           x resync_interval  (+ the settle window)
+
+(a version written just after the scan passed its place waits for the next cycle;
+one written just before, too young to judge then, is judged at the next interval).
+E.g. 1,000,000 version objects, pages of 1,000, 5 pages: 200 intervals of 5 min,
+16 h 40 min. A memory of up to ``scan_pages`` pages is listed whole every
+interval, as before. Everything written with a journal record reaches every
+sidecar at the next poll, whatever the scan.
 """
 
 from __future__ import annotations
@@ -28,7 +44,7 @@ from amfs_core.models import MemoryEntry, OutcomeRecord
 
 from amfs_s3.adapter import MAX_JOURNAL_RECORDS_PER_POLL, S3Adapter
 from amfs_s3.exceptions import AdapterError, S3AccessError
-from amfs_s3.index_store import IndexListing, IndexStore
+from amfs_s3.index_store import LIST_PAGE_SIZE, EntrySlice, IndexListing, IndexStore
 from amfs_s3.journal import DEFAULT_LOOKBACK_MS, Change, JournalCursor
 from amfs_s3.snapshot import IndexSnapshot, Lease
 from amfs_sidecar.index import EntryIndex, ValueCache, encode_entry
@@ -41,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Offload = Callable[..., Awaitable[Any]]
+# What a listing of entries/ shows: (entity, key) → [(version, LastModified ms)].
+Listed = dict[tuple[str, str], list[tuple[int, int]]]
 
 MAX_RETRY_SECONDS = 30.0
 # A lease outlives two missed renewals, so a slow holder keeps it and a dead one
@@ -51,6 +69,39 @@ LEASE_INTERVALS = 2
 LEASE_CLOCK_MARGIN_MS = 5_000
 # A journal PUT's usual latency plus LastModified's one-second resolution.
 SETTLE_MARGIN_MS = 2_000
+# LIST pages of entries/ (and, separately, of outcomes/) the lease holder's rolling
+# scan reads per interval: its cost per hour, at any size of memory. More pages
+# shorten the cycle in which a journal-less write is found (see the module doc).
+SCAN_PAGES_PER_INTERVAL = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryPass:
+    """One pass of the holder's rolling scan of ``entries/``, start to end. One that
+    began at the start (*whole*) has listed every name by its end, so the names it
+    never listed are gone from the memory (see :meth:`EntryIndex.drop_unlisted`)."""
+
+    number: int
+    mark: int  # the index's history point when the pass began
+    whole: bool
+
+
+@dataclasses.dataclass
+class OutcomeCycle:
+    """One pass of the holder's rolling listing of ``outcomes/``, from the start.
+
+    The outcome count cannot be corrected slice by slice: the index keeps a count,
+    not every ref, so it cannot tell which counted outcomes a slice covers. A pass
+    collects the refs it lists (outcomes are never deleted, so at its end it has seen
+    every outcome stored before it began) and only then adopts the count, with those
+    the journal added since *mark* that it missed. Between passes the journal keeps
+    the count exact; an outcome whose writer wrote no record is counted within one
+    pass, as a journal-less version is found within one cycle.
+    """
+
+    mark: int  # the index's history point when the pass began
+    after: str | None = None  # where the next slice lists from (None: the start)
+    refs: dict[str, int] = dataclasses.field(default_factory=dict)  # ref → LastModified ms
 
 
 def write_event(change: Change, body: bytes | None) -> Event:
@@ -86,6 +137,8 @@ class Synchronizer:
         lookback_ms: int = DEFAULT_LOOKBACK_MS,
         replay_window_ms: int = DEFAULT_REPLAY_WINDOW_MS,
         index_snapshot: bool = True,
+        scan_pages: int = SCAN_PAGES_PER_INTERVAL,
+        scan_page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         self.adapter = adapter
         self.index = index
@@ -97,6 +150,23 @@ class Synchronizer:
         self.resync_interval = resync_interval
         self.lookback_ms = lookback_ms
         self.index_snapshot = index_snapshot
+        # The rolling scan's budget: pages per interval, keys per page (a test's
+        # small pages make a small memory span several slices).
+        self.scan_pages = scan_pages
+        self.scan_page_size = scan_page_size
+        # Where the holder's next slice of entries/ lists from (None: the start), and
+        # where a snapshot this sidecar read said it would (an heir's fallback).
+        self.scan_after: str | None = None
+        self._snapshot_scan_after: str | None = None
+        self._outcome_cycle: OutcomeCycle | None = None
+        self._entry_pass: EntryPass | None = None
+        self._passes = 0
+        # What earlier slices listed that was too young to judge: (the index's history
+        # point of that listing, its pass, the names' versions).
+        self._young: list[tuple[int, int, Listed]] = []
+        # When this sidecar's last full scan began: its index holds every version
+        # stored before then (0: it never scanned the whole memory).
+        self._scanned_whole_ms = 0
         # How old a version must be before a scan may call it journal-less: its
         # writer's journal PUT and two of our polls fit in it, with a second for
         # LastModified's resolution.
@@ -248,6 +318,7 @@ class Synchronizer:
         self.index.set_outcomes(snapshot.outcomes)
         self.index.seed_outcomes(snapshot.recent_outcomes)
         self._outcomes_counted_before_ms = snapshot.covers_ms
+        self._snapshot_scan_after = snapshot.scan_after
         # Ready means the journal since the snapshot is in, however long it is.
         while len(await self.poll_once()) >= MAX_JOURNAL_RECORDS_PER_POLL:
             pass
@@ -255,7 +326,11 @@ class Synchronizer:
     async def maintain(self, listing: IndexListing | None = None, *,
                        scan_anyway: bool = False) -> None:
         """The periodic look at ``index/``: take or renew the lease, and if it is
-        ours, scan, journal what only the scan found, snapshot, trim."""
+        ours, scan a slice, journal what only the scan found, snapshot, trim.
+
+        *scan_anyway* is the first sync of a memory without a snapshot: there is
+        nothing to start from, so it lists the whole memory (and, holding the lease,
+        writes the first snapshot)."""
         if not self.index_snapshot:
             await self.scan()  # every sidecar for itself, as before the snapshot
             return
@@ -264,13 +339,25 @@ class Synchronizer:
         self._note_trim_horizon(listing)
         current = await self.offload(self.store.read_lease, listing)
         duration_ms = int(LEASE_INTERVALS * self.resync_interval * 1000) + LEASE_CLOCK_MARGIN_MS
+        held = self.lease is not None
+        start = self.scan_after if held else self._inherited_scan_position(current)
         self.lease = await self.offload(functools.partial(
             self.store.take_lease, self.adapter.writer_id, current,
-            now_ms=self.adapter.clock.now_ms(), duration_ms=duration_ms))
-        if self.lease is None and not scan_anyway:
-            await self._catch_up_if_trimmed(listing)
-            return
-        covers_ms = await self.scan()
+            now_ms=self.adapter.clock.now_ms(), duration_ms=duration_ms, scan_after=start))
+        if self.lease is None:
+            self._forget_passes()  # a later term of ours begins passes of its own
+            if not scan_anyway:
+                await self._catch_up_if_trimmed(listing)
+                return
+        if scan_anyway:
+            covers_ms = await self.scan()
+            self.scan_after = None
+            self._forget_passes()
+        else:
+            if not held:
+                self.scan_after = start
+                self._forget_passes()
+            covers_ms = await self.roll()
         if self.lease is None:
             return
         await self.offload(self.store.write_snapshot, self._snapshot(covers_ms))
@@ -282,6 +369,18 @@ class Synchronizer:
         previous = listing.newest_snapshot
         if previous is not None:
             await self.offload(self.store.trim_journal, previous - self.lookback_ms)
+
+    def _forget_passes(self) -> None:
+        """Drop the rolling scan's passes under way: they are this term's."""
+        self._entry_pass, self._outcome_cycle, self._young = None, None, []
+
+    def _inherited_scan_position(self, current: Lease | None) -> str | None:
+        """Where a sidecar taking the lease carries on the rolling scan: where the last
+        term's holder began its slice (at most one slice is listed again), else where
+        the newest snapshot this sidecar read said, else the start."""
+        if current is not None and current.scan_after is not None:
+            return current.scan_after
+        return self._snapshot_scan_after
 
     def _note_trim_horizon(self, listing: IndexListing) -> None:
         """Where the holder trims with these snapshots: before the older of the two
@@ -305,6 +404,7 @@ class Synchronizer:
         self.index.set_outcomes(snapshot.outcomes)
         self.index.seed_outcomes(snapshot.recent_outcomes)
         self._outcomes_counted_before_ms = snapshot.covers_ms
+        self._snapshot_scan_after = snapshot.scan_after
         self.cursor = self._cursor_from(snapshot.covers_ms)
         logger.warning("this sidecar fell behind the retained journal; index re-read from the "
                        "newest snapshot", extra=fields(changes=len(newer)))
@@ -318,12 +418,15 @@ class Synchronizer:
         return IndexSnapshot(covers_ms=covers_ms, writer=self.adapter.writer_id,
                              entries=entries, outcomes=self.index.count("outcomes"),
                              recent_outcomes=frozenset(
-                                 self._recent_outcomes | self.index.recent_outcome_refs()))
+                                 self._recent_outcomes | self.index.recent_outcome_refs()),
+                             scan_after=self.scan_after)
 
     async def scan(self) -> int:
         """Full scan of entries/ (LISTs only) and an outcome count; every settled
         version it finds that the index did not know is journalled, so every
-        sidecar's streams get it. Returns the storage time the scan began.
+        sidecar's streams get it. Returns the storage time the scan began. The
+        first sync of a memory without a snapshot, and every resync with the
+        snapshot off; the lease holder rolls instead (:meth:`roll`).
 
         A version younger than :attr:`settle_ms` is left to the journal: its
         writer (this sidecar or another) has just PUT it and is PUTting its
@@ -337,15 +440,7 @@ class Synchronizer:
         listed: dict[tuple[str, str], list[tuple[int, int]]] = await self.offload(
             self.store.scan_entries)
         scanned = {name: [v for v, _ in found] for name, found in listed.items()}
-        unsettled: dict[tuple[str, str], list[int]] = {}
-        if self.index.synced:
-            # LastModified is whole seconds on most providers, so a version may
-            # look up to a second older than it is: the window allows for it.
-            settled_before = covers_ms - self.settle_ms
-            for name, found in listed.items():
-                young = [v for v, modified in found if modified >= settled_before]
-                if young:
-                    unsettled[name] = young
+        unsettled = self._unsettled(listed, covers_ms)
         newer = self.index.replace(scanned, since=mark, unsettled=unsettled)
         # The holder's index leaves them to the journal, but a snapshot must hold
         # every version listed before covers_ms: a cold start reads the journal only
@@ -353,8 +448,114 @@ class Synchronizer:
         self._unsettled_tops = {name: (max(scanned[name]), len(scanned[name]))
                                 for name in unsettled}
         outcomes: dict[str, int] = await self.offload(self.store.scan_outcomes)
+        self._count_outcomes(outcomes, since=mark, covers_ms=covers_ms)
+        self._scanned_whole_ms = covers_ms
+        await self._journal_found(newer)
+        return covers_ms
+
+    async def roll(self) -> int:
+        """The lease holder's rolling scan: at most :attr:`scan_pages` LIST pages of
+        entries/ from where the last interval stopped (on to the start with what is
+        left once it reaches the end, never past the end twice), each slice judged
+        like :meth:`scan` judges the whole memory, then as many pages of outcomes/
+        (see :class:`OutcomeCycle`). Returns the storage time the snapshot covers.
+
+        A journal-less version is found once the scan passes it: within one cycle,
+        ``ceil(objects in entries/ / (scan_page_size x scan_pages))`` intervals.
+        """
+        began_ms = self.adapter.clock.now_ms()
+        # The snapshot is the index, which holds every version stored before the last
+        # full scan and every journal record before the polls' safe point: a cold
+        # start from it reads the journal from the later of the two (minus the
+        # look-back; the safe point is already that far behind what was listed).
+        covers_ms = min(began_ms, max(self._scanned_whole_ms,
+                                      self.stream_safe_ms + self.lookback_ms))
+        self._unsettled_tops = {}
+        young, self._young = self._young, []
+        for mark, scan_pass, listed in young:
+            await self._adopt_listed(listed, mark, began_ms, scan_pass)
+        pages = self.scan_pages
+        while True:
+            from_start = self.scan_after is None
+            entry_pass = self._entry_pass
+            if entry_pass is None:
+                self._passes += 1
+                entry_pass = self._entry_pass = EntryPass(self._passes, self.index.mark(),
+                                                          whole=from_start)
+            mark = self.index.mark()
+            piece: EntrySlice = await self.offload(functools.partial(
+                self.store.scan_entry_slice, self.scan_after, pages=pages,
+                page_size=self.scan_page_size))
+            await self._adopt_listed(piece.found, mark, began_ms, entry_pass.number)
+            self.scan_after = piece.through
+            pages -= piece.pages
+            if piece.reached_end:
+                if entry_pass.whole:
+                    await self.offload(functools.partial(
+                        self.index.drop_unlisted, entry_pass.number, since=entry_pass.mark))
+                self._entry_pass = None
+            if pages <= 0 or (piece.reached_end and from_start):
+                break
+        await self._roll_outcomes(covers_ms)
+        return covers_ms
+
+    async def _adopt_listed(self, listed: Listed, mark: int, began_ms: int,
+                            scan_pass: int) -> None:
+        """Fold what a slice listed into the index (those names only) and journal what
+        only it found. Names with versions too young to judge are judged again at the
+        next interval from this same listing (no LIST: they are settled by then), so
+        a journal-less write the scan passed early is found one interval later, not
+        one cycle later."""
+        scanned = {name: [v for v, _ in found] for name, found in listed.items()}
+        unsettled = self._unsettled(listed, began_ms)
+        newer = self.index.replace_slice(scanned, scan_pass=scan_pass, since=mark,
+                                         unsettled=unsettled)
+        self._unsettled_tops.update({name: (max(scanned[name]), len(scanned[name]))
+                                     for name in unsettled})
+        if unsettled:
+            self._young.append((mark, scan_pass, {name: listed[name] for name in unsettled}))
+        await self._journal_found(newer)
+
+    async def _roll_outcomes(self, covers_ms: int) -> None:
+        """At most :attr:`scan_pages` pages of outcomes/ on from the last interval's;
+        a pass that reaches the end adopts its count and the next begins."""
+        pages = self.scan_pages
+        while True:
+            cycle = self._outcome_cycle
+            if cycle is None:
+                cycle = self._outcome_cycle = OutcomeCycle(mark=self.index.mark())
+            from_start = cycle.after is None
+            piece = await self.offload(functools.partial(
+                self.store.scan_outcome_slice, cycle.after, pages=pages,
+                page_size=self.scan_page_size))
+            cycle.refs.update(piece.found)
+            cycle.after = piece.through
+            pages -= piece.pages
+            if piece.reached_end:
+                self._count_outcomes(cycle.refs, since=cycle.mark, covers_ms=covers_ms)
+                self._outcome_cycle = None
+            if pages <= 0 or (piece.reached_end and from_start):
+                break
+
+    def _unsettled(self, listed: Listed, began_ms: int) -> dict[tuple[str, str], list[int]]:
+        """Per name, the listed versions too young to judge (see :meth:`scan`)."""
+        if not self.index.synced:
+            return {}
+        # LastModified is whole seconds on most providers, so a version may look up
+        # to a second older than it is: the window allows for it.
+        settled_before = began_ms - self.settle_ms
+        unsettled: dict[tuple[str, str], list[int]] = {}
+        for name, found in listed.items():
+            young = [v for v, modified in found if modified >= settled_before]
+            if young:
+                unsettled[name] = young
+        return unsettled
+
+    def _count_outcomes(self, outcomes: dict[str, int], *, since: int, covers_ms: int) -> None:
+        """Adopt the count of a listing of all of outcomes/ (ref → LastModified ms)
+        that began at the index's history point *since*."""
         refs = set(outcomes)
-        self.index.set_outcomes(len(refs), listed=refs, since=mark)
+        self.index.set_outcomes(len(refs), listed=refs, since=since)
         # Outcomes stored around or after covers_ms have journal records a cold
         # start from this snapshot reads again: the snapshot names them.
         recent_from = covers_ms - self.lookback_ms - self.settle_ms
@@ -362,21 +563,24 @@ class Synchronizer:
         # And an own commit whose answer comes back after this listing saw it (the
         # API counts it then) must find it counted already.
         self.index.seed_outcomes(self._recent_outcomes)
-        if newer and self.index.synced:
-            logger.info("scan found changes the journal did not carry; journalling them",
-                        extra=fields(count=len(newer)))
-            for entity_path, key, version in newer:
-                change = await self.offload(
-                    self.adapter.record_found_version, entity_path, key, version)
-                self.note_local(change)
-                event = None
-                if self.hub.wants((entity_path,)):
-                    event = await self.event_for(change)
-                    if event is not None:
-                        self.hub.publish(event)
-                if event is None:
-                    self.hub.publish(unfetched_event(change))  # the resume buffer has every change
-        return covers_ms
+
+    async def _journal_found(self, newer: list[tuple[str, str, int]]) -> None:
+        """Journal and stream the versions a scan found that the journal did not carry."""
+        if not newer or not self.index.synced:
+            return
+        logger.info("scan found changes the journal did not carry; journalling them",
+                    extra=fields(count=len(newer)))
+        for entity_path, key, version in newer:
+            change = await self.offload(
+                self.adapter.record_found_version, entity_path, key, version)
+            self.note_local(change)
+            event = None
+            if self.hub.wants((entity_path,)):
+                event = await self.event_for(change)
+                if event is not None:
+                    self.hub.publish(event)
+            if event is None:
+                self.hub.publish(unfetched_event(change))  # the resume buffer has every change
 
     async def poll_once(self) -> list[Change]:
         """One journal poll: index updates, lag observations, stream events.
