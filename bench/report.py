@@ -339,8 +339,9 @@ def adapter_headline(figures: Result, server: str) -> list[str]:
         f"({fmt(o['acknowledged_updates_lost'])} lost); upstream kept "
         f"{fmt(u['versions_kept'])} for {fmt(u['updates_acknowledged'])} acknowledged "
         f"({fmt(u['acknowledged_updates_lost'])} lost, {fmt(u['updates_failed'])} failed); "
-        f"a race takes {fmt(o.get('median_wall_s'))} s vs. {fmt(u.get('median_wall_s'))} s, "
-        "the price of keeping every update",
+        f"a race takes {fmt(o.get('median_wall_s'))} s vs. {fmt(u.get('median_wall_s'))} s"
+        + (", the price of keeping every update"
+           if (o.get("median_wall_s") or 0) > (u.get("median_wall_s") or 0) else ""),
     ]
 
 
