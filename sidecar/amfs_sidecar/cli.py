@@ -33,6 +33,7 @@ from amfs_sidecar.server import (
     parse_listen,
 )
 from amfs_sidecar.stream import DEFAULT_QUEUE_BYTES, DEFAULT_WRITE_TIMEOUT_SECONDS
+from amfs_sidecar.sync import SCAN_PAGES_PER_INTERVAL
 
 logger = logging.getLogger("amfs_sidecar")
 
@@ -157,6 +158,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="off: no lease, no snapshot, no journal trim; every sidecar lists "
                         "all of entries/ at start and every resync interval (the design "
                         "before the snapshot, kept for comparison; default on)")
+    p.add_argument("--scan-pages", type=int, default=SCAN_PAGES_PER_INTERVAL, metavar="N",
+                   help="LIST pages (1,000 keys each) of entries/ and of outcomes/ the lease "
+                        "holder's rolling scan reads per resync interval: more find a write "
+                        "that has no journal record sooner, at N requests more an interval "
+                        f"(default {SCAN_PAGES_PER_INTERVAL})")
     return p
 
 
@@ -174,6 +180,7 @@ def _check_positive(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         ("--header-timeout", args.header_timeout, args.header_timeout > 0),
         ("--keepalive-timeout", args.keepalive_timeout, args.keepalive_timeout > 0),
         ("--body-timeout", args.body_timeout, args.body_timeout > 0),
+        ("--scan-pages", args.scan_pages, args.scan_pages >= 1),
         ("--max-connections", args.max_connections,
          args.max_connections is None or args.max_connections > 0),
     ]
@@ -250,6 +257,7 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         body_timeout=args.body_timeout,
         max_connections=args.max_connections,
         index_snapshot=args.index_snapshot == "on",
+        scan_pages=args.scan_pages,
     )
 
 

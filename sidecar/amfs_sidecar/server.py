@@ -59,7 +59,7 @@ from amfs_sidecar.stream import (
     DEFAULT_WRITE_TIMEOUT_SECONDS,
     StreamHub,
 )
-from amfs_sidecar.sync import Synchronizer
+from amfs_sidecar.sync import SCAN_PAGES_PER_INTERVAL, Synchronizer
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class SidecarConfig:
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     max_connections: int | None = None  # None: the default, lowered to fit RLIMIT_NOFILE
     index_snapshot: bool = True  # False: every sidecar scans entries/ (bench comparison)
+    scan_pages: int = SCAN_PAGES_PER_INTERVAL  # the lease holder's LIST pages per interval
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -225,6 +226,7 @@ class Sidecar:
             resync_interval=adapter.settings.resync_interval,
             lookback_ms=cfg.lookback_ms,
             index_snapshot=cfg.index_snapshot,
+            scan_pages=cfg.scan_pages,
         )
         self.metrics.bind_objects(index.count)
         self.metrics.bind_watchers(lambda: len(hub))

@@ -107,7 +107,8 @@ def test_listen_refuses_anything_else(value: str, message: str) -> None:
 @pytest.mark.parametrize("argv", [["--max-entry-bytes", "0"], ["--poll-interval", "-1"],
                                   ["--metrics-port", "70000"], ["--log-format", "xml"],
                                   ["--header-timeout", "0"], ["--keepalive-timeout", "-1"],
-                                  ["--max-connections", "0"], ["--body-timeout", "0"]])
+                                  ["--max-connections", "0"], ["--body-timeout", "0"],
+                                  ["--scan-pages", "0"]])
 def test_out_of_range_flags_exit_with_usage(argv: list[str], capsys: pytest.CaptureFixture[str],
                                             restore_logging: None) -> None:
     with pytest.raises(SystemExit) as caught:
@@ -149,6 +150,11 @@ def test_insecure_socket_dir_is_allowed_by_flag_or_env() -> None:
     assert config_for(["--allow-insecure-socket-dir"], ENV).allow_insecure_socket_dir
     assert config_for([], {**ENV, "AMFS_ALLOW_INSECURE_SOCKET_DIR": "true"}
                       ).allow_insecure_socket_dir
+
+
+def test_the_rolling_scans_page_budget() -> None:
+    assert config_for([], ENV).scan_pages == 5
+    assert config_for(["--scan-pages", "40"], ENV).scan_pages == 40
 
 
 def test_connection_flags_and_their_defaults() -> None:

@@ -64,6 +64,12 @@ def small_slices(running: RunningSidecar, *, pages: int, page_size: int) -> Sync
     return sync
 
 
+def test_the_page_budget_is_the_sidecars_setting(sidecar_factory: SidecarFactory) -> None:
+    """--scan-pages reaches the synchronizer (the CLI's side: tests/unit/test_sidecar_cli.py)."""
+    running = sidecar_factory(scan_pages=40)
+    assert running.sidecar.sync is not None and running.sidecar.sync.scan_pages == 40
+
+
 def test_a_cycle_of_slices_lists_every_name_once_with_all_its_versions(
     s3_settings: S3Settings, s3_client: Any,
 ) -> None:
