@@ -812,9 +812,11 @@ class S3Adapter(AdapterABC):
     # ------------------------------------------------------------------
 
     def scan_versions(
-        self, entity_path: str | None = None, *, subtree: bool = True
+        self, entity_path: str | None = None, *, subtree: bool = True,
+        modified_before_ms: int | None = None,
     ) -> dict[tuple[str, str], list[int]]:
-        """Every (entity_path, key) with its version numbers, from listings alone (no GETs).
+        """Every (entity_path, key) with its version numbers, from listings alone (no GETs);
+        with *modified_before_ms*, only versions whose LastModified is earlier.
 
         Costs one LIST per 1,000 objects under the scanned prefix.
         """
@@ -827,6 +829,10 @@ class S3Adapter(AdapterABC):
                     continue
                 if entity_path and not subtree and parsed.entity_path != entity_path:
                     continue
+                if modified_before_ms is not None:
+                    modified = obj.get("LastModified")
+                    if modified is not None and modified.timestamp() * 1000 >= modified_before_ms:
+                        continue
                 found.setdefault((parsed.entity_path, parsed.key), []).append(parsed.version)
         for numbers in found.values():
             numbers.sort()

@@ -38,11 +38,13 @@ class ChangeSource(Protocol):
     def read_at_version(self, entity_path: str, key: str, version: int) -> MemoryEntry | None: ...
 
     def scan_versions(
-        self, entity_path: str | None = None, *, subtree: bool = True
+        self, entity_path: str | None = None, *, subtree: bool = True,
+        modified_before_ms: int | None = None,
     ) -> dict[tuple[str, str], list[int]]: ...
 
 
 Callback = Callable[[MemoryEntry], None]
+BASELINE_MARGIN_MS = 2_000
 
 
 class WatchLoop:
@@ -57,6 +59,7 @@ class WatchLoop:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._cursor: JournalCursor | None = None
+        self._started_ms = 0
         self._known_versions: dict[tuple[str, str], int] = {}
         self._baselined = False
 
@@ -83,8 +86,9 @@ class WatchLoop:
     def _start(self) -> None:
         self._stop = threading.Event()
         clock = self._adapter.clock
+        self._started_ms = clock.now_ms()
         self._cursor = JournalCursor.starting_now(
-            self._adapter.layout, clock.now_ms(), clock=clock.now_ms
+            self._adapter.layout, self._started_ms, clock=clock.now_ms
         )
         self._known_versions = {}
         self._baselined = False
@@ -148,7 +152,12 @@ class WatchLoop:
         Every version above the last one delivered is delivered, in order, so a
         resync that runs before a journal poll (after an outage) skips nothing.
         """
-        versions = self._adapter.scan_versions()
+        # The baseline is what existed before watch(): a version stored after it began
+        # (the listing runs on this thread, later) is left to the journal to deliver.
+        # LastModified is whole seconds on many providers, hence the margin: a write
+        # just before watch() may be delivered too, at least once beats never.
+        versions = self._adapter.scan_versions(
+            modified_before_ms=self._started_ms - BASELINE_MARGIN_MS if baseline else None)
         for (entity_path, key), numbers in versions.items():
             known = self._known_versions.get((entity_path, key))
             if baseline:

@@ -10,6 +10,8 @@ from amfs_core.models import MemoryEntry
 
 from amfs_s3 import S3Adapter
 from amfs_s3.config import S3Settings
+from tests.fixtures.s3_proxy import FaultProxy
+from tests.fixtures.sidecar import wait_until
 from tests.integration.test_adapter import RequestLog, make_entry
 
 
@@ -34,6 +36,32 @@ def test_a_write_from_another_adapter_arrives_within_poll_interval_plus_two_seco
         again = next_entry(inbox, timeout=settings.poll_interval + 2.0)
         assert (again.version, again.value) == (2, "ship it now")
         assert inbox.empty()
+    finally:
+        handle.cancel()
+        watcher.close()
+        writer.close()
+
+
+def test_a_write_landing_while_the_watch_takes_its_baseline_is_delivered(
+    s3_settings: S3Settings, fault_proxy: FaultProxy,
+) -> None:
+    """The watch's first listing (what already exists: not to be delivered) is held
+    back by the proxy until a write made after watch() returned has landed: that
+    write must not count as 'already there'. CI lost it when the write won the race."""
+    settings = s3_settings.model_copy(update={"poll_interval": 1.0, "resync_interval": 300.0})
+    held = fault_proxy.add(method="GET", path_contains="list-type=2", stall=1.0)
+    watcher = S3Adapter(settings.bucket, endpoint_url=fault_proxy.url,
+                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        poll_interval=1.0, resync_interval=300.0)
+    writer = S3Adapter.from_settings(settings)
+    inbox: queue.Queue[MemoryEntry] = queue.Queue()
+    handle = watcher.watch("team", inbox.put)
+    try:
+        wait_until(lambda: held.fired == 1, message="the baseline listing reached the proxy")
+        writer.write(make_entry("team/alpha", "plan", "while listing"))
+        got = next_entry(inbox, timeout=held.stall + settings.poll_interval + 2.0)
+        assert (got.entity_path, got.key, got.version) == ("team/alpha", "plan", 1)
+        assert fault_proxy.requests[0][1].startswith(f"/{settings.bucket}?list-type=2")
     finally:
         handle.cancel()
         watcher.close()
