@@ -418,6 +418,10 @@ def test_restart_resumes_without_duplicates_or_flapping(
     config_map = cluster.get(ns, "configmaps", "mem-amfs")
     secret = cluster.get(ns, "secrets", "mem-amfs-credentials")
     before = cluster.memory(ns, "mem") or {}
+    # kopf posts events from a queue, so one may land after Ready: count them all first.
+    announced = {"Ready", "SecretCopied", "BucketReachable", "Supported"}
+    cluster.wait_for("the first operator's events",
+                     lambda: announced <= {e["reason"] for e in cluster.events(ns)})
     events = len(cluster.events(ns))
     resumed_after = metric(first.metrics(), "amfs_operator_reconcile_total", result="success")
     first.stop()
