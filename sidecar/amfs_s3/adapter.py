@@ -60,6 +60,7 @@ from amfs_s3.known import (
     VersionBodies,
 )
 from amfs_s3.layout import Layout, is_within, validate_entity_path, validate_key
+from amfs_s3.timestamps import listed_modified_ms
 from amfs_s3.watch import WatchLoop
 
 logger = logging.getLogger(__name__)
@@ -829,10 +830,9 @@ class S3Adapter(AdapterABC):
                     continue
                 if entity_path and not subtree and parsed.entity_path != entity_path:
                     continue
-                if modified_before_ms is not None:
-                    modified = obj.get("LastModified")
-                    if modified is not None and modified.timestamp() * 1000 >= modified_before_ms:
-                        continue
+                if (modified_before_ms is not None
+                        and listed_modified_ms(obj) >= modified_before_ms):
+                    continue  # a listing without LastModified (0) counts as old
                 found.setdefault((parsed.entity_path, parsed.key), []).append(parsed.version)
         for numbers in found.values():
             numbers.sort()

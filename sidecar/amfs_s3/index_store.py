@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -40,6 +39,7 @@ from amfs_s3.snapshot import (
     parse_snapshot_key,
     snapshot_key,
 )
+from amfs_s3.timestamps import listed_modified_ms
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +57,6 @@ _STRADDLING_SEGMENT = re.compile(r"v[1-9]")
 
 
 # -- key math for slices (pure) ----------------------------------------------------------
-
-
-def _modified_ms(obj: dict[str, Any]) -> int:
-    modified: datetime | None = obj.get("LastModified")
-    return int(modified.timestamp() * 1000) if modified is not None else 0
 
 
 def _is_version_of(directory: str, object_key: str) -> bool:
@@ -175,16 +170,18 @@ class IndexStore:
         LastModified is what lets the scan tell a version whose journal record
         is still on its way (written moments ago) from one that has none.
         """
-        found: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        for page in self.adapter._list(self.layout.entries_root):
-            for obj in page.get("Contents", []):
-                parsed = self.layout.parse_entry_key(obj["Key"])
-                if parsed is None:
-                    continue
-                modified = obj.get("LastModified")
-                modified_ms = int(modified.timestamp() * 1000) if modified is not None else 0
+        return self._entries_found(obj for page in self.adapter._list(self.layout.entries_root)
+                                   for obj in page.get("Contents", []))
+
+    def _entries_found(self, objects: Iterable[dict[str, Any]]
+                       ) -> dict[Name, list[tuple[int, int]]]:
+        """Listed objects of entries/ as name → [(version, LastModified ms)]."""
+        found: dict[Name, list[tuple[int, int]]] = {}
+        for obj in objects:
+            parsed = self.layout.parse_entry_key(obj["Key"])
+            if parsed is not None:
                 found.setdefault((parsed.entity_path, parsed.key), []).append(
-                    (parsed.version, modified_ms))
+                    (parsed.version, listed_modified_ms(obj)))
         return found
 
     def scan_outcomes(self) -> dict[str, int]:
@@ -194,8 +191,7 @@ class IndexStore:
             for obj in page.get("Contents", []):
                 ref = self.layout.parse_outcome_key(obj["Key"])
                 if ref:
-                    modified = obj.get("LastModified")
-                    found[ref] = int(modified.timestamp() * 1000) if modified is not None else 0
+                    found[ref] = listed_modified_ms(obj)
         return found
 
     # -- the rolling scan --------------------------------------------------------
@@ -242,13 +238,8 @@ class IndexStore:
                 kept = len(listed)
             listed = listed[:kept]
             through = listed[-1]["Key"]
-        found: dict[Name, list[tuple[int, int]]] = {}
-        for obj in listed:
-            parsed = self.layout.parse_entry_key(obj["Key"])
-            if parsed is not None:
-                found.setdefault((parsed.entity_path, parsed.key), []).append(
-                    (parsed.version, _modified_ms(obj)))
-        return EntrySlice(after=after, through=through, found=found, pages=made)
+        return EntrySlice(after=after, through=through, found=self._entries_found(listed),
+                          pages=made)
 
     def scan_outcome_slice(self, after: str | None, *, pages: int,
                            page_size: int = LIST_PAGE_SIZE) -> OutcomeSlice:
@@ -263,7 +254,7 @@ class IndexStore:
             for obj in contents:
                 ref = self.layout.parse_outcome_key(obj["Key"])
                 if ref:
-                    found[ref] = _modified_ms(obj)
+                    found[ref] = listed_modified_ms(obj)
             if contents:
                 position = contents[-1]["Key"]
         return OutcomeSlice(after=after, through=position if more else None, found=found,

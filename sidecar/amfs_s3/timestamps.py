@@ -28,6 +28,12 @@ def parse_s3_timestamp(value: Any) -> datetime.datetime:
     return parsed
 
 
+def listed_modified_ms(obj: dict[str, Any]) -> int:
+    """A listed object's LastModified in epoch milliseconds (0 when the listing has none)."""
+    modified: datetime.datetime | None = obj.get("LastModified")
+    return int(modified.timestamp() * 1000) if modified is not None else 0
+
+
 def install(botocore_session: Any) -> None:
     """Make clients created from *botocore_session* parse timestamps this way
     (``ResponseParserFactory.set_parser_defaults``, botocore's documented hook)."""
