@@ -11,6 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 import pytest
 
@@ -67,28 +68,46 @@ def ready_status(url: str) -> tuple[int, dict[str, object]]:
         return exc.code, json.loads(exc.read())
 
 
+@dataclass(frozen=True)
+class Timing:
+    overrides: dict[str, float]
+    poll: float
+    deadline: float
+    stall: float  # longer than one attempt's read timeout
+
+
+QUICK = Timing({"poll_interval": POLL, "connect_timeout": CONNECT, "read_timeout": READ,
+                "max_attempts": 20, "operation_deadline": DEADLINE}, POLL, DEADLINE, STALL)
+# What a pod runs with: the fixture's short poll interval put back to the default.
+_POD = S3Settings(bucket="bkt")
+DEFAULTS = Timing({"poll_interval": _POD.poll_interval}, _POD.poll_interval,
+                  _POD.deadline_seconds, _POD.read_timeout + 2)
+
+
+@pytest.mark.parametrize("timing", [
+    pytest.param(QUICK, id="quick"),
+    pytest.param(DEFAULTS, id="defaults", marks=pytest.mark.slow),
+])
 def test_ready_turns_503_within_poll_interval_plus_deadline_while_s3_hangs(
         sidecar_factory: SidecarFactory, s3_settings: S3Settings,
-        fault_proxy: FaultProxy) -> None:
+        fault_proxy: FaultProxy, timing: Timing) -> None:
     settings = S3Settings.model_validate({
-        **dict(s3_settings), "endpoint_url": fault_proxy.url, "poll_interval": POLL,
-        "connect_timeout": CONNECT, "read_timeout": READ, "max_attempts": 20,
-        "operation_deadline": DEADLINE,
-    })
+        **dict(s3_settings), "endpoint_url": fault_proxy.url, **timing.overrides})
     running = sidecar_factory("hung", settings=settings)
     assert ready_status(running.metrics_url)[0] == 200
-    fault_proxy.add(stall=STALL, times=-1)
+    fault_proxy.add(stall=timing.stall, times=-1)
     hung_at = time.monotonic()
-    bound = POLL + DEADLINE
+    bound = timing.poll + timing.deadline
     # Generous slack for a loaded machine; without the deadline this takes 20 attempts.
     _, body = wait_until(lambda: (answer := ready_status(running.metrics_url))[0] == 503
                               and answer, timeout=bound + 10, interval=0.05,
                               message=f"/ready 503 within {bound} s of S3 hanging")
     unready_after = time.monotonic() - hung_at
     print(f"/ready turned 503 {unready_after:.2f} s after S3 hung "
-          f"(bound: poll interval {POLL} + deadline {DEADLINE} = {bound} s)")
+          f"(bound: poll interval {timing.poll} + deadline {timing.deadline} = {bound} s)")
     print(body)
     assert body["bucket_reachable"] is False and "ListObjectsV2" in str(body["detail"])
     fault_proxy.clear()
-    wait_until(lambda: ready_status(running.metrics_url)[0] == 200, timeout=STALL + 10,
+    wait_until(lambda: ready_status(running.metrics_url)[0] == 200,
+               timeout=timing.stall + timing.poll + 10,
                message="/ready 200 once S3 answers again")
