@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import jsonpatch
 
-from amfs_operator.spec import Memory
+from amfs_operator.spec import DEFAULT_SCAN_PAGES, Memory
 from amfs_s3.config import (
     ENV_ACCESS_KEY,
     ENV_SECRET_KEY,
@@ -206,6 +206,8 @@ def sidecar_container(
         mounts.append({"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": True})
     if memory.spec.sidecar.read_only:
         args.append("--read-only")
+    if memory.spec.sidecar.scan_pages != DEFAULT_SCAN_PAGES:
+        args += ["--scan-pages", str(memory.spec.sidecar.scan_pages)]
     container: dict[str, Any] = {
         "name": SIDECAR_NAME,
         "image": image,

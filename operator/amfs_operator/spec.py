@@ -21,6 +21,11 @@ from amfs_operator.storage_identity import Place
 
 DEFAULT_ACCESS_KEY_ID_KEY = "AWS_ACCESS_KEY_ID"
 DEFAULT_SECRET_ACCESS_KEY_KEY = "AWS_SECRET_ACCESS_KEY"
+# The lease holder's LIST pages of entries/ per resync interval: the sidecar's own default
+# (amfs_sidecar.sync.SCAN_PAGES_PER_INTERVAL; a test keeps the two equal, as the operator
+# does not import the sidecar). At most a million keys an interval.
+DEFAULT_SCAN_PAGES = 5
+MAX_SCAN_PAGES = 1000
 
 # S3 bucket naming rules (the subset every S3-compatible provider accepts).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -95,6 +100,8 @@ class SidecarSpec(_Model):
     poll_interval: float = Field(5.0, alias="pollInterval")
     resync_interval: float = Field(300.0, alias="resyncInterval")
     read_only: bool = Field(False, alias="readOnly")
+    scan_pages: int = Field(DEFAULT_SCAN_PAGES, alias="scanPages", ge=1, le=MAX_SCAN_PAGES,
+                            strict=True)
     resources: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("poll_interval", "resync_interval", mode="before")

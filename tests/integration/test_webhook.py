@@ -190,7 +190,7 @@ def memory_spec() -> dict[str, Any]:
         "bucket": "team-bucket",
         "prefix": "amfs/",
         "credentials": {"secretRef": {"name": "s3-creds"}},
-        "sidecar": {"pollInterval": "5s", "resyncInterval": "5m"},
+        "sidecar": {"pollInterval": "5s", "resyncInterval": "5m", "scanPages": 20},
     }
 
 
@@ -240,6 +240,7 @@ def test_a_labelled_pod_gets_the_sidecar_through_a_json_patch(
     assert (sidecar["name"], sidecar["image"], sidecar["restartPolicy"]) == (
         "amfs-sidecar", IMAGE, "Always")
     assert sidecar["args"][sidecar["args"].index("--poll-interval") + 1] == "2"
+    assert sidecar["args"][sidecar["args"].index("--scan-pages") + 1] == "20"
     for app in patched["spec"]["containers"]:
         assert {"name": "AMFS_SOCKET", "value": "/var/run/amfs/amfs.sock"} in app["env"]
         assert {"name": "AMFS_HTTP_URL", "value": "http://127.0.0.1:8741"} in app["env"]

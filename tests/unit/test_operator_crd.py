@@ -10,7 +10,16 @@ import pytest
 import yaml
 
 from amfs_operator import GROUP, KIND, PLURAL, VERSION, consumers
-from amfs_operator.spec import CONDITION_TYPES, PHASES, MemorySpec, MemoryStatus
+from amfs_operator.spec import (
+    CONDITION_TYPES,
+    DEFAULT_SCAN_PAGES,
+    MAX_SCAN_PAGES,
+    PHASES,
+    MemorySpec,
+    MemoryStatus,
+    SidecarSpec,
+)
+from amfs_sidecar.sync import SCAN_PAGES_PER_INTERVAL
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "charts/amfs/crds/amfsmemories.amfs.dev.yaml").read_text())
@@ -34,6 +43,8 @@ def test_every_spec_field_of_the_model_is_declared() -> None:
     modelled = {field.alias or name for name, field in MemorySpec.model_fields.items()}
     assert declared == modelled
     assert SPEC["required"] == ["bucket"]
+    sidecar = {field.alias or name for name, field in SidecarSpec.model_fields.items()}
+    assert set(SPEC["properties"]["sidecar"]["properties"]) == sidecar
 
 
 def test_every_status_field_is_declared_so_nothing_is_pruned() -> None:
@@ -69,6 +80,9 @@ def test_defaults_and_enums_match_the_model() -> None:
     assert props["createBucket"]["default"] is model.create_bucket
     assert props["deletionPolicy"]["default"] == model.deletion_policy
     assert props["deletionPolicy"]["enum"] == ["Retain", "Delete"]
+    scan_pages = props["sidecar"]["properties"]["scanPages"]
+    assert (scan_pages["default"], scan_pages["minimum"], scan_pages["maximum"]) == (
+        DEFAULT_SCAN_PAGES, 1, MAX_SCAN_PAGES)
     secret_ref = props["credentials"]["properties"]["secretRef"]
     assert "namespace" not in secret_ref["properties"]  # same namespace only, by design
 
@@ -110,3 +124,8 @@ def test_schema_refuses_bad_specs(spec: dict[str, Any]) -> None:
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {}, "spec": spec}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(body, plain_schema(SCHEMA))
+
+
+def test_the_scan_pages_default_is_the_sidecars_own() -> None:
+    # The operator passes --scan-pages only when the memory's value differs from this.
+    assert DEFAULT_SCAN_PAGES == SCAN_PAGES_PER_INTERVAL

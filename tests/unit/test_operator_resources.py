@@ -12,6 +12,7 @@ import pytest
 from amfs_operator import resources
 from amfs_operator.spec import Memory, parse_memory
 from amfs_s3.config import parse_amfs_yaml, read_credentials_dir
+from amfs_sidecar import cli as sidecar_cli
 
 IMAGE = "ghcr.io/amfs-k8s/amfs:0.1.0"
 
@@ -107,6 +108,24 @@ def test_sidecar_container(mode: str) -> None:
     assert "--listen" not in resources.sidecar_container(memory(), IMAGE, mode, 0)["args"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert ("restartPolicy" in container) is (mode == "native")
+
+
+def test_scan_pages_reach_the_sidecar_only_when_set() -> None:
+    args = resources.sidecar_container(memory(sidecar={"scanPages": 50}), IMAGE)["args"]
+    assert args[args.index("--scan-pages") + 1] == "50"
+    # The default is the sidecar's own, so pods made before the field existed are unchanged.
+    assert "--scan-pages" not in resources.sidecar_container(memory(), IMAGE)["args"]
+    assert "--scan-pages" not in resources.sidecar_container(
+        memory(sidecar={"scanPages": 5}), IMAGE)["args"]
+
+
+def test_the_sidecar_reads_the_arguments_the_operator_gives_it() -> None:
+    container = resources.sidecar_container(
+        memory(sidecar={"scanPages": 50, "readOnly": True}), IMAGE)
+    assert container["args"][0] == "sidecar"  # the image's entrypoint picks the program
+    parsed = sidecar_cli.build_parser({}).parse_args(container["args"][1:])
+    assert (parsed.scan_pages, parsed.read_only) == (50, True)
+    assert str(parsed.socket) == "/var/run/amfs/amfs.sock"
 
 
 def test_service_account_memory_has_no_credentials_mount() -> None:

@@ -35,13 +35,15 @@ def test_camel_case_fields_and_normalisation() -> None:
         "endpointURL": "http://minio:9000/", "createBucket": True, "deletionPolicy": "Delete",
         "credentials": {"secretRef": {"name": "s3", "accessKeyIDKey": "id",
                                       "secretAccessKeyKey": "key"}},
-        "sidecar": {"pollInterval": "500ms", "resyncInterval": "2m", "readOnly": True},
+        "sidecar": {"pollInterval": "500ms", "resyncInterval": "2m", "readOnly": True,
+                    "scanPages": 50},
     })
     assert spec.prefix == "agents/"
     assert spec.endpoint_url == "http://minio:9000"
     assert spec.credentials.secret_ref is not None
     assert spec.credentials.secret_ref.access_key_id_key == "id"
     assert (spec.sidecar.poll_interval, spec.sidecar.resync_interval) == (0.5, 120.0)
+    assert spec.sidecar.scan_pages == 50
 
 
 @pytest.mark.parametrize(
@@ -67,6 +69,14 @@ def test_camel_case_fields_and_normalisation() -> None:
          "not a duration"),
         ({"bucket": "bkt", "sidecar": {"pollInterval": "0s"}}, "spec.sidecar.pollInterval",
          "greater than zero"),
+        ({"bucket": "bkt", "sidecar": {"scanPages": 0}}, "spec.sidecar.scanPages",
+         "greater than or equal to 1"),
+        ({"bucket": "bkt", "sidecar": {"scanPages": 1001}}, "spec.sidecar.scanPages",
+         "less than or equal to 1000"),
+        ({"bucket": "bkt", "sidecar": {"scanPages": "50"}}, "spec.sidecar.scanPages",
+         "valid integer"),
+        ({"bucket": "bkt", "sidecar": {"scanPages": True}}, "spec.sidecar.scanPages",
+         "valid integer"),
         ({"bucket": "bkt", "bukket": "typo"}, "spec.bukket", "is not a known field"),
     ],
 )
