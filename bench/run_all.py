@@ -12,6 +12,7 @@ MODULES = [
     "bench.propagation",
     "bench.cold_start",
     "bench.sidecar_bench",
+    "bench.sidecar_memory",
     "bench.operator_bench",
 ]
 # Last, and even when a benchmark failed: RESULTS.md from every results file present.

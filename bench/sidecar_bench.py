@@ -100,7 +100,8 @@ class SidecarProcess:
     """``python -m amfs_sidecar`` on a socket in a private directory; ``started``
     is the time from spawning the process until ``/ready`` answered 200."""
 
-    def __init__(self, endpoint: str, bucket: str, directory: Path, name: str) -> None:
+    def __init__(self, endpoint: str, bucket: str, directory: Path, name: str,
+                 extra_args: list[str] | None = None) -> None:
         self.socket = directory / f"{name}.sock"
         metrics_port = free_port()
         self.metrics = f"http://127.0.0.1:{metrics_port}"
@@ -113,7 +114,7 @@ class SidecarProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "amfs_sidecar", "--socket", str(self.socket),
              "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1",
-             "--log-level", "WARNING"],
+             "--log-level", "WARNING", *(extra_args or [])],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:

@@ -314,7 +314,7 @@ class Synchronizer:
         """Adopt *snapshot*, then read the journal from the time it covers."""
         mark = self.index.mark()
         self.cursor = self._cursor_from(snapshot.covers_ms)
-        self.index.adopt(snapshot.entries, since=mark)
+        self.index.adopt(snapshot.entries, since=mark, report=False)
         self.index.set_outcomes(snapshot.outcomes)
         self.index.seed_outcomes(snapshot.recent_outcomes)
         self._outcomes_counted_before_ms = snapshot.covers_ms

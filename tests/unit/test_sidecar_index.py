@@ -58,6 +58,29 @@ def test_replace_adopts_a_scan_without_undoing_newer_local_changes() -> None:
     assert index.count("versions") == 2 + 3 + 1
 
 
+def test_every_key_of_an_entity_shares_one_entity_string() -> None:
+    index = EntryIndex()
+    # Built at run time, as names parsed from a listing or a snapshot are: equal, not one.
+    entities = ["".join(["team", "/", "a"]) for _ in range(3)]
+    assert entities[0] is not entities[1]
+    index.observe(entities[0], "k1", 1)
+    index.adopt_slice({(entities[1], "k2"): (1, 1)}, scan_pass=1, since=index.mark())
+    fresh = ["".join(["team", "/", "a"]) for _ in range(2)]
+    index.adopt({(fresh[0], "k3"): (2, 2), (fresh[1], "k2"): (1, 1)}, since=0)
+    stored = [name for name, _, _ in index.names()]
+    assert stored == ["team/a"] * 3 and all(entity is stored[0] for entity in stored)
+
+
+def test_adopt_reports_what_is_newer_unless_told_not_to() -> None:
+    view = {("a", "k"): (2, 2), ("b", "k"): (1, 1)}
+    index = EntryIndex()
+    index.observe("a", "k", 2)
+    assert index.adopt(view, since=index.mark()) == [("b", "k", 1)]
+    quiet = EntryIndex()
+    assert quiet.adopt(view, since=quiet.mark(), report=False) == []
+    assert (quiet.current("a", "k"), quiet.current("b", "k")) == (2, 1)  # adopted all the same
+
+
 def test_cache_serves_exact_versions_in_lru_order_within_its_byte_bound() -> None:
     one = entry("a", "k1")
     size = len(encode_entry(one))
