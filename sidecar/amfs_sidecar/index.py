@@ -207,6 +207,12 @@ class EntryIndex:
                 self._versions_total -= self._slots.pop(name).versions
         return len(gone)
 
+    def counts(self) -> dict[Name, tuple[int, int]]:
+        """Every name's (current version, versions), read at one moment: a snapshot's
+        entries. Under the lock, so no name's pair is read halfway through a change."""
+        with self._lock:
+            return {name: (slot.version, slot.versions) for name, slot in self._slots.items()}
+
     def versions_of(self, entity_path: str, key: str) -> int:
         slot = self._slots.get((entity_path, key))
         return slot.versions if slot else 0

@@ -360,7 +360,8 @@ class Synchronizer:
             covers_ms = await self.roll()
         if self.lease is None:
             return
-        await self.offload(self.store.write_snapshot, self._snapshot(covers_ms))
+        build = self._snapshot_builder(covers_ms)
+        await self.offload(lambda: self.store.write_snapshot(build()))
         written = IndexListing(sorted([*listing.snapshots, covers_ms]), listing.lease_terms)
         self._note_trim_horizon(written)
         await self.offload(self.store.prune_snapshots, written)
@@ -409,17 +410,25 @@ class Synchronizer:
         logger.warning("this sidecar fell behind the retained journal; index re-read from the "
                        "newest snapshot", extra=fields(changes=len(newer)))
 
-    def _snapshot(self, covers_ms: int) -> IndexSnapshot:
-        entries = {(entity, key): (version, self.index.versions_of(entity, key))
-                   for entity, key, version in self.index.names()}
-        for name, (top, versions) in self._unsettled_tops.items():
-            if top > entries.get(name, (0, 0))[0]:
-                entries[name] = (top, versions)
-        return IndexSnapshot(covers_ms=covers_ms, writer=self.adapter.writer_id,
-                             entries=entries, outcomes=self.index.count("outcomes"),
-                             recent_outcomes=frozenset(
-                                 self._recent_outcomes | self.index.recent_outcome_refs()),
-                             scan_after=self.scan_after)
+    def _snapshot_builder(self, covers_ms: int) -> Callable[[], IndexSnapshot]:
+        """Copies, now, of what the snapshot needs from state the event loop changes;
+        the call returned builds the snapshot from them and the index in a worker
+        thread (a million names took the loop 2.2 s to gather)."""
+        unsettled = dict(self._unsettled_tops)
+        recent = frozenset(self._recent_outcomes | self.index.recent_outcome_refs())
+        outcomes, scan_after = self.index.count("outcomes"), self.scan_after
+        writer = self.adapter.writer_id
+
+        def build() -> IndexSnapshot:
+            entries = self.index.counts()
+            for name, (top, versions) in unsettled.items():
+                if top > entries.get(name, (0, 0))[0]:
+                    entries[name] = (top, versions)
+            return IndexSnapshot(covers_ms=covers_ms, writer=writer, entries=entries,
+                                 outcomes=outcomes, recent_outcomes=recent,
+                                 scan_after=scan_after)
+
+        return build
 
     async def scan(self) -> int:
         """Full scan of entries/ (LISTs only) and an outcome count; every settled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 
@@ -45,6 +46,20 @@ def test_a_snapshot_round_trips_names_with_any_characters() -> None:
     assert decode_snapshot("k", encode_snapshot(snapshot)) == snapshot
     # Deterministic bytes: the same index makes the same object.
     assert encode_snapshot(snapshot) == encode_snapshot(snapshot)
+
+
+@pytest.mark.parametrize("size", [0, 1, 9_999, 10_000, 10_001, 25_000])
+def test_written_in_chunks_the_document_is_one_json_object_as_before(size: int) -> None:
+    # Sizes on both sides of the 10,000-entry chunk.
+    entries = {(f"e{n % 7}", f"k{n:06d}"): (1 + n % 3, 1 + n % 3) for n in range(size)}
+    snapshot = IndexSnapshot(covers_ms=5, writer="w", entries=entries, outcomes=2,
+                             recent_outcomes=frozenset({"r1", "r0"}), scan_after="amfs/x")
+    whole = {"format": 1, "covers_ms": 5, "writer": "w", "outcomes": 2,
+             "recent_outcomes": ["r0", "r1"], "scan_after": "amfs/x",
+             "entries": [[e, k, c, v] for (e, k), (c, v) in sorted(entries.items())]}
+    raw = gzip.decompress(encode_snapshot(snapshot))
+    assert raw == json.dumps(whole, ensure_ascii=False, separators=(",", ":")).encode()
+    assert decode_snapshot("k", encode_snapshot(snapshot)) == snapshot
 
 
 # mtime=0 and ids: gzip stamps the time, and every xdist worker must collect the same ids.

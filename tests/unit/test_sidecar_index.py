@@ -81,6 +81,17 @@ def test_adopt_reports_what_is_newer_unless_told_not_to() -> None:
     assert (quiet.current("a", "k"), quiet.current("b", "k")) == (2, 1)  # adopted all the same
 
 
+def test_counts_are_every_names_version_and_versions() -> None:
+    index = EntryIndex()
+    index.observe("a", "k", 3)
+    index.observe("b", "k", 1)
+    index.adopt_slice({("c", "k"): (4, 2)}, scan_pass=1, since=index.mark())
+    counts = index.counts()
+    assert counts == {("a", "k"): (3, 3), ("b", "k"): (1, 1), ("c", "k"): (4, 2)}
+    index.observe("a", "k", 4)
+    assert counts[("a", "k")] == (3, 3)  # a copy: the index moves on without it
+
+
 def test_cache_serves_exact_versions_in_lru_order_within_its_byte_bound() -> None:
     one = entry("a", "k1")
     size = len(encode_entry(one))
