@@ -121,7 +121,11 @@ def cold_start(endpoint: str, size: int, directory: Path) -> dict[str, Any]:
 def holder_child(size: int) -> dict[str, Any]:
     """Run in a child process: the holder's snapshot build and encoding at *size*."""
     index = EntryIndex()
-    index.adopt(names(size), since=index.mark(), report=False)  # as a cold start does
+    # As a cold start fills it: from a decoded snapshot.
+    read = decode_snapshot("bench", encode_snapshot(IndexSnapshot(
+        covers_ms=0, writer="bench", entries=names(size), outcomes=0)))
+    index.adopt(read.entries, since=index.mark(), report=False)
+    del read
     gc.collect()
     before = proc_status()
     adapter = S3Adapter.from_settings(S3Settings(bucket="bench-unused",

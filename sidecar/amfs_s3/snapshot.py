@@ -24,6 +24,7 @@ import gzip
 import io
 import json
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -121,10 +122,17 @@ def decode_snapshot(object_key: str, body: bytes) -> IndexSnapshot:
         doc = json.loads(gzip.decompress(body))
         if doc.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"format {doc.get('format')!r}, this sidecar reads {SNAPSHOT_FORMAT}")
-        entries = {
-            (str(entity), str(key)): (int(current), int(versions))
-            for entity, key, current, versions in doc["entries"]
-        }
+        rows = doc.pop("entries")
+        if not isinstance(rows, list):
+            raise ValueError(f"entries is a {type(rows).__name__}, not a list")
+        rows.reverse()
+        entries: dict[Name, tuple[int, int]] = {}
+        # Popped one by one, each row's list is freed as its entry is made: the decoded
+        # rows and the dict at once were the peak of a cold start (a million entries).
+        # Entity paths are interned, as the index keeps them (one string per entity).
+        while rows:
+            entity, key, current, versions = rows.pop()
+            entries[(sys.intern(str(entity)), str(key))] = (int(current), int(versions))
         return IndexSnapshot(covers_ms=int(doc["covers_ms"]), writer=str(doc["writer"]),
                              entries=entries, outcomes=int(doc["outcomes"]),
                              recent_outcomes=frozenset(

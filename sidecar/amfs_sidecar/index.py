@@ -36,7 +36,8 @@ def _interned(name: Name) -> Name:
     """*name* with its entity path shared by every key of the entity: a memory has far
     fewer entities than keys, and each name read from a listing, a snapshot or a
     request brings its own copy (about 70 bytes an entry at a million entries)."""
-    return (sys.intern(name[0]), name[1])
+    entity = sys.intern(name[0])
+    return name if entity is name[0] else (entity, name[1])
 
 
 @dataclass(slots=True)

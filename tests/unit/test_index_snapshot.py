@@ -59,7 +59,10 @@ def test_written_in_chunks_the_document_is_one_json_object_as_before(size: int) 
              "entries": [[e, k, c, v] for (e, k), (c, v) in sorted(entries.items())]}
     raw = gzip.decompress(encode_snapshot(snapshot))
     assert raw == json.dumps(whole, ensure_ascii=False, separators=(",", ":")).encode()
-    assert decode_snapshot("k", encode_snapshot(snapshot)) == snapshot
+    decoded = decode_snapshot("k", encode_snapshot(snapshot))
+    assert decoded == snapshot
+    # One string per entity path, however many keys it has.
+    assert len({id(entity) for entity, _ in decoded.entries}) == min(size, 7)
 
 
 # mtime=0 and ids: gzip stamps the time, and every xdist worker must collect the same ids.
@@ -67,7 +70,9 @@ def test_written_in_chunks_the_document_is_one_json_object_as_before(size: int) 
     b"not gzip", gzip.compress(b"not json", mtime=0), gzip.compress(b'{"format": 99}', mtime=0),
     gzip.compress(b'{"format": 1, "covers_ms": 1, "writer": "w", "outcomes": 0, '
                   b'"entries": [["only-two", 1]]}', mtime=0),
-], ids=["not gzip", "not json", "unknown format", "entry of two fields"])
+    gzip.compress(b'{"format": 1, "covers_ms": 1, "writer": "w", "outcomes": 0, '
+                  b'"entries": {"a": 1}}', mtime=0),
+], ids=["not gzip", "not json", "unknown format", "entry of two fields", "entries not a list"])
 def test_an_unreadable_snapshot_is_a_clear_error(body: bytes) -> None:
     with pytest.raises(AdapterError, match="index snapshot 'the-key' is unreadable"):
         decode_snapshot("the-key", body)
