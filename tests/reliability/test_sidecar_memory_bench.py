@@ -25,15 +25,16 @@ def test_the_holders_snapshot_holds_every_entry_it_was_given() -> None:
     row = sidecar_memory.holder_child(SIZE)
     assert row["entries_in_snapshot"] == SIZE
     assert row["peak_rss_writing_snapshot_mib"] >= row["rss_index_mib"] > 0
+    assert row["added_writing_snapshot_mib"] >= 0
 
 
 def test_per_entry_slopes_come_from_the_smallest_and_largest_sizes() -> None:
     def row(ready: float, peak: float, holder: float) -> dict[str, dict[str, float]]:
         return {"cold_start": {"rss_ready_mib": ready, "peak_rss_mib": peak},
-                "lease_holder": {"peak_rss_writing_snapshot_mib": holder}}
+                "lease_holder": {"added_writing_snapshot_mib": holder}}
 
     rows = {"1000": row(80, 80, 80), "1049576": row(1080, 2080, 3080)}
     # 1,048,576 more entries: 1,000 MiB more is 1,000 bytes an entry.
     assert sidecar_memory.per_entry(rows) == {"ready": 1000, "cold_start_peak": 2000,
-                                              "lease_holder_peak": 3000}
+                                              "lease_holder_added": 3000}
     assert sidecar_memory.per_entry({"1000": rows["1000"]}) == {}
