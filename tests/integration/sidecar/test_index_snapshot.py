@@ -415,7 +415,7 @@ async def test_an_outcome_committed_while_the_holder_scanned_is_counted_once(
             "causal_entry_keys": [], "agent_id": "agent-a"})  # ... an outcome lands ...
         assert status == 201
     # ... and the snapshot it writes covers the scan's start, counting the outcome.
-    sync.store.write_snapshot(sync._snapshot(scan_began))
+    sync.store.write_snapshot(sync._snapshot_builder(scan_began)())
     newcomer = sidecar_factory("newcomer", settings=quiet)
     async with newcomer.session() as s:
         _, stats = await get(s, "/api/v1/stats")
