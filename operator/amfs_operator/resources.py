@@ -38,6 +38,7 @@ CREDENTIALS_VOLUME = "amfs-credentials"
 ENV_SOCKET = "AMFS_SOCKET"
 ENV_HTTP_URL = "AMFS_HTTP_URL"
 ENV_AGENT_ID = "AMFS_AGENT_ID"
+ENV_MEMORY_LIMIT = "AMFS_MEMORY_LIMIT_BYTES"
 # The sidecar's loopback listener for upstream AMFS clients (amfs CLI, amfs-mcp-server,
 # HttpAdapter), which speak TCP only; loopback, so nothing outside the pod reaches it.
 DEFAULT_HTTP_PORT = 8741
@@ -217,6 +218,9 @@ def sidecar_container(
             {"name": ENV_MEMORY_NAMESPACE, "value": memory.namespace},
             {"name": ENV_AGENT_ID,
              "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+            # Exported beside the sidecar's resident memory: its index grows with the memory.
+            {"name": ENV_MEMORY_LIMIT, "valueFrom": {"resourceFieldRef": {
+                "containerName": SIDECAR_NAME, "resource": "limits.memory", "divisor": "1"}}},
         ],
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": SIDECAR_METRICS_PORT}],
         "volumeMounts": mounts,

@@ -42,6 +42,7 @@ ENV_CREDENTIALS_DIR = "AMFS_CREDENTIALS_DIR"
 ENV_METRICS_PORT = "AMFS_METRICS_PORT"
 ENV_AGENT_ID = "AMFS_AGENT_ID"
 ENV_ALLOW_INSECURE_SOCKET_DIR = "AMFS_ALLOW_INSECURE_SOCKET_DIR"
+ENV_MEMORY_LIMIT = "AMFS_MEMORY_LIMIT_BYTES"
 EMBEDDED_SOCKET = "./.run/amfs.sock"
 
 
@@ -158,6 +159,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="off: no lease, no snapshot, no journal trim; every sidecar lists "
                         "all of entries/ at start and every resync interval (the design "
                         "before the snapshot, kept for comparison; default on)")
+    # A string default goes through type=int too: a bad env value is argparse's clear error.
+    p.add_argument("--memory-limit-bytes", type=int, default=env.get(ENV_MEMORY_LIMIT) or None,
+                   metavar="BYTES",
+                   help="the container's memory limit, exported as amfs_sidecar_memory_limit_"
+                        "bytes beside the sidecar's resident memory (env "
+                        f"{ENV_MEMORY_LIMIT}, which the injector sets from limits.memory)")
     p.add_argument("--scan-pages", type=int, default=SCAN_PAGES_PER_INTERVAL, metavar="N",
                    help="LIST pages (1,000 keys each) of entries/ and of outcomes/ the lease "
                         "holder's rolling scan reads per resync interval: more find a write "
@@ -181,6 +188,8 @@ def _check_positive(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         ("--keepalive-timeout", args.keepalive_timeout, args.keepalive_timeout > 0),
         ("--body-timeout", args.body_timeout, args.body_timeout > 0),
         ("--scan-pages", args.scan_pages, args.scan_pages >= 1),
+        ("--memory-limit-bytes", args.memory_limit_bytes,
+         args.memory_limit_bytes is None or args.memory_limit_bytes > 0),
         ("--max-connections", args.max_connections,
          args.max_connections is None or args.max_connections > 0),
     ]
@@ -258,6 +267,7 @@ def sidecar_config(args: argparse.Namespace, settings: S3Settings, env: Mapping[
         max_connections=args.max_connections,
         index_snapshot=args.index_snapshot == "on",
         scan_pages=args.scan_pages,
+        memory_limit_bytes=args.memory_limit_bytes,
     )
 
 

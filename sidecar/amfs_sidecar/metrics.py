@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from amfs_sidecar import process_memory
+
 ENV_MEMORY_NAME = "AMFS_MEMORY_NAME"
 ENV_MEMORY_NAMESPACE = "AMFS_MEMORY_NAMESPACE"
 # What a sidecar outside Kubernetes calls its memory's namespace.
@@ -137,6 +139,18 @@ class SidecarMetrics:
             "Open client connections, by listener (api: the socket and --listen; metrics).",
             (*CONST_LABELS, "listener"), registry=r,
         )
+        self.resident_memory = Gauge(
+            "amfs_sidecar_resident_memory_bytes",
+            "Resident memory of the sidecar process; its index grows with the memory's "
+            "entries (about 0.5 KiB each).",
+            CONST_LABELS, registry=r,
+        )
+        self.memory_limit = Gauge(
+            "amfs_sidecar_memory_limit_bytes",
+            "The sidecar container's memory limit (env AMFS_MEMORY_LIMIT_BYTES, set by the "
+            "injector from limits.memory); absent when not given.",
+            CONST_LABELS, registry=r,
+        )
         self.connections_closed = Counter(
             "amfs_sidecar_connections_closed",
             "Client connections the sidecar closed on its own, by listener and reason "
@@ -146,6 +160,8 @@ class SidecarMetrics:
         # Series that must exist from the first scrape, so alerts see 0 not absence.
         # The last-poll timestamp is left out on purpose: 0 would read as 56 years ago.
         self.pending_journal_records.labels(*self._const).set(0)
+        self.resident_memory.labels(*self._const).set_function(
+            lambda: float(process_memory.resident_bytes()))
         self.future_records.labels(*self._const).inc(0)
         self.watchers.labels(*self._const).set(0)
         for kind in OBJECT_KINDS:
@@ -161,6 +177,11 @@ class SidecarMetrics:
         env = os.environ if env is None else env
         return cls(env.get(ENV_MEMORY_NAME) or default_memory,
                    env.get(ENV_MEMORY_NAMESPACE) or STANDALONE_MEMORY_NAMESPACE)
+
+    def set_memory_limit(self, limit_bytes: int | None) -> None:
+        """The container's memory limit; None leaves the series out (no limit known)."""
+        if limit_bytes is not None:
+            self.memory_limit.labels(*self._const).set(limit_bytes)
 
     @property
     def labels(self) -> dict[str, str]:

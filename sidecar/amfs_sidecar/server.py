@@ -96,6 +96,7 @@ class SidecarConfig:
     max_connections: int | None = None  # None: the default, lowered to fit RLIMIT_NOFILE
     index_snapshot: bool = True  # False: every sidecar scans entries/ (bench comparison)
     scan_pages: int = SCAN_PAGES_PER_INTERVAL  # the lease holder's LIST pages per interval
+    memory_limit_bytes: int | None = None  # the container's, for the metric; None: unknown
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -173,6 +174,7 @@ class Sidecar:
         # Standalone (no injector env): the memory is known by its AMFS namespace.
         self.metrics = metrics or SidecarMetrics.from_env(
             default_memory=config.settings.namespace)
+        self.metrics.set_memory_limit(config.memory_limit_bytes)
         self.draining = False
         self.api_url: str | None = None
         self.metrics_url: str | None = None

@@ -491,6 +491,7 @@ def test_prometheus_rule_has_every_alert_with_thresholds_from_values(render: Ren
         "pollStale": {"intervals": 4, "minSeconds": 30, "for": "3m", "severity": "critical"},
         "pollLagHigh": {"thresholdSeconds": 12, "for": "5m", "severity": "warning"},
         "clockOffset": {"thresholdSeconds": 45, "for": "20m", "severity": "warning"},
+        "memoryNearLimit": {"ratio": 0.9, "for": "15m", "severity": "critical"},
     }}}}
     rule = find(objects(render(values)), "PrometheusRule")
     alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
@@ -500,7 +501,7 @@ def test_prometheus_rule_has_every_alert_with_thresholds_from_values(render: Ren
         "AMFSSidecarNeverSynced", "AMFSSidecarPollLagHigh", "AMFSSidecarPollStale",
         "AMFSSidecarS3ErrorRateHigh", "AMFSSidecarAPILatencyHigh", "AMFSSidecarJournalPending",
         "AMFSSidecarClockOffsetHigh", "AMFSSidecarJournalFutureRecords",
-        "AMFSSidecarConnectionsRefused",
+        "AMFSSidecarConnectionsRefused", "AMFSSidecarMemoryNearLimit",
     }
     for alert in alerts.values():
         assert alert["labels"]["severity"] in {"warning", "critical"}
@@ -517,6 +518,11 @@ def test_prometheus_rule_has_every_alert_with_thresholds_from_values(render: Ren
         "amfs_sidecar_storage_clock_offset_seconds", ">", "45", "or",
         "amfs_sidecar_storage_clock_offset_seconds", "<", "-45"]
     assert alerts["AMFSSidecarClockOffsetHigh"]["for"] == "20m"
+    # Only sidecars whose limit is known have the limit series: the others stay quiet.
+    assert alerts["AMFSSidecarMemoryNearLimit"]["expr"].split() == [
+        "amfs_sidecar_resident_memory_bytes", "/", "amfs_sidecar_memory_limit_bytes", ">", "0.9"]
+    assert (alerts["AMFSSidecarMemoryNearLimit"]["for"],
+            alerts["AMFSSidecarMemoryNearLimit"]["labels"]["severity"]) == ("15m", "critical")
     assert alerts["AMFSMemoryNotReady"]["for"] == "10m"
     assert 'job="amfs-metrics"' in alerts["AMFSOperatorAbsent"]["expr"]
     # The PodMonitor's job as Prometheus Operator names it: <namespace>/<name>.

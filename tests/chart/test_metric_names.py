@@ -138,7 +138,8 @@ def sidecar_metrics(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) 
     socket_dir.mkdir(exist_ok=True)
     port = free_port()
     env = environment(AMFS_S3_BUCKET=bucket, AMFS_S3_ENDPOINT=s3_endpoint,
-                      AMFS_MEMORY_NAME="team-memory", AMFS_MEMORY_NAMESPACE="agents")
+                      AMFS_MEMORY_NAME="team-memory", AMFS_MEMORY_NAMESPACE="agents",
+                      AMFS_MEMORY_LIMIT_BYTES="268435456")  # as the injector sets it
     proc = process(["-m", "amfs_sidecar", "--socket", str(socket_dir / "amfs.sock"),
                     "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
                     "--poll-interval", "0.2"], env, workdir / "sidecar.log")
@@ -224,13 +225,15 @@ def test_dashboards_and_alerts_query_only_exported_metrics(
     sidecar_series = {n for n in exported(sidecar_metrics)
                       if n.startswith("amfs_sidecar_") and not n.endswith(("_sum", "_count"))}
     assert {"amfs_sidecar_stream_resumes_total", "amfs_sidecar_connections",
-            "amfs_sidecar_connections_closed_total"} <= sidecar_series
+            "amfs_sidecar_connections_closed_total", "amfs_sidecar_resident_memory_bytes",
+            "amfs_sidecar_memory_limit_bytes"} <= sidecar_series
     on_dashboards = set().union(*(queried_metrics(e) for _, e in dashboard_expressions()))
     assert sidecar_series - on_dashboards == set()
     alerted = set().union(*(queried_metrics(e) for _, e in alert_expressions(render)))
     assert {"amfs_sidecar_journal_pending_records", "amfs_sidecar_storage_clock_offset_seconds",
             "amfs_sidecar_journal_future_records_total",
-            "amfs_sidecar_connections_closed_total"} <= alerted
+            "amfs_sidecar_connections_closed_total", "amfs_sidecar_resident_memory_bytes",
+            "amfs_sidecar_memory_limit_bytes"} <= alerted
 
 
 def test_sidecar_series_carry_the_memory_labels_the_dashboards_filter_on(

@@ -10,7 +10,8 @@ what it should; what they showed is printed at the end (``pytest -s``).
 Phases: health (traffic, another pod writing, a watch stream closed and one open, two
 streams resumed); trouble (S3 refuses the sidecar's journal PUTs, a writer with a wrong clock
 journals a record ten minutes ahead, agents crowd the sidecar past --max-connections, and a
-sidecar whose pod clock runs two minutes fast, under libfaketime); S3 outage (every S3
+sidecar whose pod clock runs two minutes fast, under libfaketime, with a memory limit below
+its resident memory); S3 outage (every S3
 connection of the sidecar reset, plus a memory whose endpoint is down); a second sidecar that
 never syncs; the first sidecar killed; every sidecar gone; the operator gone.
 """
@@ -58,7 +59,7 @@ STALE_INTERVALS, STALE_MIN_SECONDS = 16, 5  # stale after 8 s of a 0.5 s poll in
 STALE_AFTER = max(POLL_INTERVAL * STALE_INTERVALS, STALE_MIN_SECONDS)
 ALERT_NAMES = ("operatorAbsent", "memoryNotReady", "sidecarDown", "sidecarsAbsent",
                "neverSynced", "pollLagHigh", "pollStale", "s3ErrorRateHigh", "apiLatencyHigh",
-               "clockOffset", "futureRecords", "connectionsRefused")
+               "clockOffset", "futureRecords", "connectionsRefused", "memoryNearLimit")
 # The chart's thresholds, every `for` 0 s so that a phase need not wait minutes.
 LIVE_VALUES = {"metrics": {"prometheusRule": {"enabled": True, "alerts": {
     **{name: {"for": "0s"} for name in ALERT_NAMES},
@@ -74,13 +75,17 @@ ALERTS = ("AMFSOperatorAbsent", "AMFSMemoryNotReady", "AMFSSidecarDown", "AMFSSi
           "AMFSSidecarNeverSynced", "AMFSSidecarPollLagHigh", "AMFSSidecarPollStale",
           "AMFSSidecarS3ErrorRateHigh", "AMFSSidecarAPILatencyHigh", "AMFSSidecarJournalPending",
           "AMFSSidecarClockOffsetHigh", "AMFSSidecarJournalFutureRecords",
-          "AMFSSidecarConnectionsRefused")
+          "AMFSSidecarConnectionsRefused", "AMFSSidecarMemoryNearLimit")
 MEMORY, MEMORY_NS = "team-memory", "agents"
 # The sidecar pods, as the panels name them; C's clock runs two minutes fast.
 A, B, C = "agents/agent-0", "agents/agent-1", "agents/agent-2"
 MAX_CONNECTIONS = 16  # sidecar A's API connections; the traffic holds about 8
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 CLOCK_AHEAD_SECONDS = 120
+# The container memory limits the sidecars are told of, as the injector passes limits.memory:
+# room to spare, and for C (trouble) less than any Python process needs.
+MEMORY_LIMIT = 4 * 1024**3
+SMALL_MEMORY_LIMIT = 32 * 1024**2
 
 Observed = dict[str, float]
 Check = Callable[[Observed], bool]
@@ -169,6 +174,8 @@ HEALTHY_SIDECAR: dict[str, Check] = {
     "Connections closed by the sidecar #A": both(equals(0, "api refused"),
                                                  equals(0, "metrics refused")),
     "Stream resumes by how #A": lambda seen: "buffer" in seen and "reset_invalid" in seen,
+    "Memory and its limit by pod #A": above(10 * 1024**2, f"{A} resident"),
+    "Memory and its limit by pod #B": equals(MEMORY_LIMIT, f"{A} limit"),
 }
 OUTAGE_OVERVIEW: dict[str, Check] = {
     **HEALTHY_OVERVIEW,
@@ -211,6 +218,8 @@ TROUBLE_SIDECAR: dict[str, Check] = {
     "Open connections by pod #A": above(MAX_CONNECTIONS - 1, f"{A} api"),
     "Connections closed by the sidecar #A": both(above(0, "api refused"),
                                                  equals(0, "metrics refused")),
+    "Memory and its limit by pod #B": both(equals(MEMORY_LIMIT, f"{A} limit"),
+                                           equals(SMALL_MEMORY_LIMIT, f"{C} limit")),
 }
 KILLED_SIDECAR: dict[str, Check] = {
     "Sidecars down #A": equals(1),
@@ -336,7 +345,8 @@ def start_sidecar(settings: S3Settings, socket_dir: Path, name: str, memory: str
                   ) -> tuple[SidecarProcess, int]:
     port = free_port()
     env = {**sidecar_env(settings), "AMFS_MEMORY_NAME": memory,
-           "AMFS_MEMORY_NAMESPACE": MEMORY_NS, **(env or {})}
+           "AMFS_MEMORY_NAMESPACE": MEMORY_NS, "AMFS_MEMORY_LIMIT_BYTES": str(MEMORY_LIMIT),
+           **(env or {})}
     running = spawn_sidecar(settings, socket_dir / f"{name}.sock", "--metrics-port", str(port),
                             "--poll-interval", str(POLL_INTERVAL), "--heartbeat-seconds", "0.5",
                             *args, env=env, wait=wait)
@@ -522,7 +532,7 @@ def test_every_panel_and_alert_in_health_and_during_an_s3_outage(
                       "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
         sidecar_c, port_c = start_sidecar(
             s3_settings.model_copy(update={"poll_interval": POLL_INTERVAL}), socket_dir, "c",
-            MEMORY, env=fast_clock)
+            MEMORY, env={**fast_clock, "AMFS_MEMORY_LIMIT_BYTES": str(SMALL_MEMORY_LIMIT)})
         sidecars.append(sidecar_c)
         prometheus.set_targets(SIDECAR_JOB, {**target_a, f"127.0.0.1:{port_c}": {
             "namespace": "agents", "pod": "agent-2"}})
@@ -535,6 +545,7 @@ def test_every_panel_and_alert_in_health_and_during_an_s3_outage(
                 "AMFSSidecarJournalFutureRecords": memories(MEMORY),
                 "AMFSSidecarConnectionsRefused": listeners((A, "api")),
                 "AMFSSidecarClockOffsetHigh": pods(C),
+                "AMFSSidecarMemoryNearLimit": pods(C),
             }, may_fire={"AMFSSidecarS3ErrorRateHigh"})  # the refused PUTs are errors
         finally:
             crowd.close()

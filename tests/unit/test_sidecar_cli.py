@@ -108,7 +108,7 @@ def test_listen_refuses_anything_else(value: str, message: str) -> None:
                                   ["--metrics-port", "70000"], ["--log-format", "xml"],
                                   ["--header-timeout", "0"], ["--keepalive-timeout", "-1"],
                                   ["--max-connections", "0"], ["--body-timeout", "0"],
-                                  ["--scan-pages", "0"]])
+                                  ["--scan-pages", "0"], ["--memory-limit-bytes", "0"]])
 def test_out_of_range_flags_exit_with_usage(argv: list[str], capsys: pytest.CaptureFixture[str],
                                             restore_logging: None) -> None:
     with pytest.raises(SystemExit) as caught:
@@ -165,3 +165,16 @@ def test_connection_flags_and_their_defaults() -> None:
                          "--max-connections", "300", "--body-timeout", "4"], ENV)
     assert (config.header_timeout, config.keepalive_timeout, config.max_connections,
             config.body_timeout) == (2.5, 5.0, 300, 4.0)
+
+
+def test_the_memory_limit_comes_from_the_injectors_env_or_the_flag(
+        capsys: pytest.CaptureFixture[str], restore_logging: None) -> None:
+    assert config_for([], ENV).memory_limit_bytes is None
+    assert config_for([], {**ENV, "AMFS_MEMORY_LIMIT_BYTES": "268435456"}).memory_limit_bytes \
+        == 268435456
+    assert config_for(["--memory-limit-bytes", "1000"],
+                      {**ENV, "AMFS_MEMORY_LIMIT_BYTES": "268435456"}).memory_limit_bytes == 1000
+    with pytest.raises(SystemExit) as caught:  # e.g. "256Mi" written by hand: bytes only
+        cli.main([], {**ENV, "AMFS_MEMORY_LIMIT_BYTES": "256Mi"})
+    assert caught.value.code == 2
+    assert "--memory-limit-bytes: invalid int value: '256Mi'" in capsys.readouterr().err

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
+from amfs_sidecar import process_memory
 from amfs_sidecar.metrics import SidecarMetrics
 
 DESIGN_METRICS = {
@@ -125,3 +129,27 @@ def test_s3_error_series_exist_at_zero_before_any_request() -> None:
         for outcome in ("success", "error"):
             assert sample(metrics, "amfs_sidecar_s3_requests_total", operation=operation,
                           outcome=outcome) == 0
+
+
+def test_resident_memory_is_read_at_scrape_time_and_the_limit_only_when_known() -> None:
+    metrics = SidecarMetrics()
+    resident = sample(metrics, "amfs_sidecar_resident_memory_bytes")
+    assert resident is not None and resident > 10 * 1024 * 1024  # a Python process, at least
+    assert sample(metrics, "amfs_sidecar_memory_limit_bytes") is None
+    metrics.set_memory_limit(None)
+    assert sample(metrics, "amfs_sidecar_memory_limit_bytes") is None
+    metrics.set_memory_limit(268435456)
+    assert sample(metrics, "amfs_sidecar_memory_limit_bytes", memory="default",
+                  memory_namespace="local") == 268435456
+    hoard = bytearray(64 * 1024 * 1024)  # touched: resident
+    try:
+        grown = sample(metrics, "amfs_sidecar_resident_memory_bytes")
+        assert grown is not None and grown >= resident + 60 * 1024 * 1024
+    finally:
+        del hoard
+
+
+def test_resident_bytes_is_statms_second_field_in_pages(tmp_path: Path) -> None:
+    statm = tmp_path / "statm"
+    statm.write_text("5000 1234 300 10 0 900 0\n")
+    assert process_memory.resident_bytes(statm) == 1234 * os.sysconf("SC_PAGE_SIZE")
