@@ -13,6 +13,7 @@ MODULES = [
     "bench.cold_start",
     "bench.sidecar_bench",
     "bench.sidecar_memory",
+    "bench.stream_replay",
     "bench.operator_bench",
 ]
 # Last, and even when a benchmark failed: RESULTS.md from every results file present.
