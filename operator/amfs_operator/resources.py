@@ -219,8 +219,10 @@ def sidecar_container(
             {"name": ENV_AGENT_ID,
              "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
             # Exported beside the sidecar's resident memory: its index grows with the memory.
+            # No containerName: an env var's resourceFieldRef reads its own container, the
+            # sidecar, whether it runs as a native (init) or a regular container.
             {"name": ENV_MEMORY_LIMIT, "valueFrom": {"resourceFieldRef": {
-                "containerName": SIDECAR_NAME, "resource": "limits.memory", "divisor": "1"}}},
+                "resource": "limits.memory", "divisor": "1"}}},
         ],
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": SIDECAR_METRICS_PORT}],
         "volumeMounts": mounts,

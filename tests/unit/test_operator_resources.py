@@ -106,7 +106,7 @@ def test_sidecar_container(mode: str) -> None:
         "apiVersion": "v1", "fieldPath": "metadata.name"}}} in container["env"]
     # The limit the sidecar exports beside its resident memory: its own container's.
     assert {"name": "AMFS_MEMORY_LIMIT_BYTES", "valueFrom": {"resourceFieldRef": {
-        "containerName": "amfs-sidecar", "resource": "limits.memory", "divisor": "1"}}} \
+        "resource": "limits.memory", "divisor": "1"}}} \
         in container["env"]
     assert container["args"][container["args"].index("--listen") + 1] == "127.0.0.1:8741"
     assert "--listen" not in resources.sidecar_container(memory(), IMAGE, mode, 0)["args"]
