@@ -311,15 +311,15 @@ class S3Adapter(AdapterABC):
             return method(Bucket=self.settings.bucket, **params)
         except ClientError as exc:
             if _error_code(exc) == "NoSuchBucket":
-                raise S3AccessError(
-                    operation,
-                    object_key,
-                    f"bucket {self.settings.bucket!r} does not exist"
-                    + (f" at {self.settings.endpoint_url}" if self.settings.endpoint_url else ""),
-                ) from None
+                raise self._missing_bucket(operation, object_key) from None
             raise
         except BotoCoreError as exc:
             raise S3AccessError(operation, object_key, str(exc)) from exc
+
+    def _missing_bucket(self, operation: str, object_key: str) -> S3AccessError:
+        where = f" at {self.settings.endpoint_url}" if self.settings.endpoint_url else ""
+        return S3AccessError(operation, object_key,
+                             f"bucket {self.settings.bucket!r} does not exist{where}")
 
     def _failure(self, operation: str, object_key: str, exc: ClientError) -> S3AccessError:
         error = exc.response.get("Error", {})
@@ -351,20 +351,22 @@ class S3Adapter(AdapterABC):
         return data
 
     def _list(self, prefix: str, *, delimiter: str | None = None,
-              start_after: str | None = None) -> Iterator[dict[str, Any]]:
-        """Yield every page of a ListObjectsV2 (boto3's paginator: ContinuationToken)."""
+              start_after: str | None = None, page_size: int | None = None,
+              ) -> Iterator[dict[str, Any]]:
+        """Yield every page of a ListObjectsV2 (boto3's paginator: ContinuationToken),
+        of *page_size* keys each when given (MaxKeys), else the provider's 1,000."""
         params: dict[str, Any] = {"Bucket": self.settings.bucket, "Prefix": prefix}
         if delimiter:
             params["Delimiter"] = delimiter
         if start_after:
             params["StartAfter"] = start_after
+        if page_size:
+            params["PaginationConfig"] = {"PageSize": page_size}
         try:
             yield from self.client.get_paginator("list_objects_v2").paginate(**params)
         except ClientError as exc:
             if _error_code(exc) == "NoSuchBucket":
-                raise S3AccessError(
-                    "ListObjectsV2", prefix, f"bucket {self.settings.bucket!r} does not exist"
-                ) from None
+                raise self._missing_bucket("ListObjectsV2", prefix) from None
             raise self._failure("ListObjectsV2", prefix, exc) from None
         except BotoCoreError as exc:
             raise S3AccessError("ListObjectsV2", prefix, str(exc)) from exc

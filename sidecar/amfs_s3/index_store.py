@@ -198,14 +198,10 @@ class IndexStore:
 
     def _page(self, prefix: str, after: str | None, page_size: int) -> tuple[list[dict[str, Any]],
                                                                             bool]:
-        """One ListObjectsV2 of *prefix* after *after*: its objects, and whether more follow."""
-        params: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page_size}
-        if after is not None:
-            params["StartAfter"] = after
-        try:
-            answer = self.adapter._call("list_objects_v2", prefix, **params)
-        except ClientError as exc:
-            raise self.adapter._failure("ListObjectsV2", prefix, exc) from None
+        """One ListObjectsV2 of *prefix* after *after*: its objects, and whether more follow.
+        The next slice goes on with StartAfter from its last key, never a continuation
+        token: the position must survive the interval, the lease and a snapshot."""
+        answer = next(self.adapter._list(prefix, start_after=after, page_size=page_size), {})
         contents: list[dict[str, Any]] = answer.get("Contents", [])
         return contents, bool(answer.get("IsTruncated")) and bool(contents)
 
