@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,14 +196,15 @@ class IndexStore:
 
     # -- the rolling scan --------------------------------------------------------
 
-    def _page(self, prefix: str, after: str | None, page_size: int) -> tuple[list[dict[str, Any]],
-                                                                            bool]:
-        """One ListObjectsV2 of *prefix* after *after*: its objects, and whether more follow.
-        The next slice goes on with StartAfter from its last key, never a continuation
-        token: the position must survive the interval, the lease and a snapshot."""
-        answer = next(self.adapter._list(prefix, start_after=after, page_size=page_size), {})
-        contents: list[dict[str, Any]] = answer.get("Contents", [])
-        return contents, bool(answer.get("IsTruncated")) and bool(contents)
+    def _pages(self, prefix: str, after: str | None, page_size: int
+               ) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+        """The pages of a listing of *prefix* after *after*: each page's objects, and
+        whether more follow. A slice may stop between pages; the next one goes on with
+        StartAfter from its last key, as the position must survive the interval, the
+        lease and a snapshot (a continuation token would not)."""
+        for page in self.adapter._list(prefix, start_after=after, page_size=page_size):
+            contents: list[dict[str, Any]] = page.get("Contents", [])
+            yield contents, bool(page.get("IsTruncated")) and bool(contents)
 
     def scan_entry_slice(self, after: str | None, *, pages: int,
                          page_size: int = LIST_PAGE_SIZE) -> EntrySlice:
@@ -212,25 +213,22 @@ class IndexStore:
         outgrows the pages is listed to its end anyway (bounded by that folder)."""
         root = self.layout.entries_root
         listed: list[dict[str, Any]] = []
-        made, more, position = 0, True, after
-        while more and made < max(pages, 1):
-            contents, more = self._page(root, position, page_size)
+        made, more = 0, False
+        for contents, more in self._pages(root, after, page_size):
             made += 1
             listed.extend(contents)
-            if contents:
-                position = contents[-1]["Key"]
+            if not more or made >= max(pages, 1):
+                break
         through: str | None = None
         if more:
             keys = [obj["Key"] for obj in listed]
             kept = entry_slice_cut(root, keys)
             if kept == 0:
                 folder = open_folder(root, keys) or root
-                while more:  # the folder to its end: bounded by that one key's objects
-                    contents, more = self._page(folder, position, page_size)
+                # The folder to its end: bounded by that one key's objects.
+                for contents, _ in self._pages(folder, keys[-1], page_size):
                     made += 1
                     listed.extend(contents)
-                    if contents:
-                        position = contents[-1]["Key"]
                 kept = len(listed)
             listed = listed[:kept]
             through = listed[-1]["Key"]
@@ -241,11 +239,9 @@ class IndexStore:
                            page_size: int = LIST_PAGE_SIZE) -> OutcomeSlice:
         """At most *pages* LISTs of ``outcomes/`` after *after* (None: from the start).
         Outcome objects are flat (one per ref), so any object key is a slice end."""
-        root = self.layout.outcomes_root
         found: dict[str, int] = {}
-        made, more, position = 0, True, after
-        while more and made < max(pages, 1):
-            contents, more = self._page(root, position, page_size)
+        made, more, position = 0, False, after
+        for contents, more in self._pages(self.layout.outcomes_root, after, page_size):
             made += 1
             for obj in contents:
                 ref = self.layout.parse_outcome_key(obj["Key"])
@@ -253,6 +249,8 @@ class IndexStore:
                     found[ref] = listed_modified_ms(obj)
             if contents:
                 position = contents[-1]["Key"]
+            if not more or made >= max(pages, 1):
+                break
         return OutcomeSlice(after=after, through=position if more else None, found=found,
                             pages=made)
 
