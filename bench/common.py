@@ -47,6 +47,16 @@ def write_result(name: str, figures: dict[str, Any], command: str) -> Path:
     return path
 
 
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS and VmHWM in KiB."""
+    wanted = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        field, _, value = line.partition(":")
+        if field in ("VmRSS", "VmHWM"):
+            wanted[field] = int(value.split()[0])
+    return wanted
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

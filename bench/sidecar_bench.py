@@ -44,7 +44,7 @@ import aiohttp
 import boto3
 from botocore.config import Config
 
-from bench.common import free_port, moto_process, new_bucket, write_result
+from bench.common import free_port, moto_process, new_bucket, proc_status, write_result
 
 COMMAND = ".venv/bin/python -m bench.sidecar_bench"
 REPO = Path(__file__).resolve().parent.parent
@@ -130,10 +130,7 @@ class SidecarProcess:
         return _get(self.metrics + "/ready") == 200
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS in /proc")
+        return proc_status(self.process.pid)["VmRSS"]
 
     def stop(self) -> None:
         self.process.terminate()

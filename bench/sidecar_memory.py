@@ -46,7 +46,7 @@ from amfs_sidecar.index import EntryIndex, ValueCache
 from amfs_sidecar.metrics import SidecarMetrics
 from amfs_sidecar.stream import StreamHub
 from amfs_sidecar.sync import Synchronizer
-from bench.common import moto_process, new_bucket, write_result
+from bench.common import moto_process, new_bucket, proc_status, write_result
 from bench.sidecar_bench import SidecarProcess
 
 COMMAND = ".venv/bin/python -m bench.sidecar_memory"
@@ -63,16 +63,6 @@ def names(size: int) -> dict[tuple[str, str], tuple[int, int]]:
     """N names, each at version 1 to 3 (as many versions)."""
     return {(f"agents/team-{n % ENTITIES:03d}/memory", f"fact-{n:07d}"): (1 + n % 3, 1 + n % 3)
             for n in range(size)}
-
-
-def proc_status(pid: int | str = "self") -> dict[str, int]:
-    """VmRSS and VmHWM in KiB."""
-    wanted = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        field, _, value = line.partition(":")
-        if field in ("VmRSS", "VmHWM"):
-            wanted[field] = int(value.split()[0])
-    return wanted
 
 
 def mib(kib: int) -> float:
